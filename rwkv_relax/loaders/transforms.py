@@ -1,0 +1,56 @@
+"""Named load-time weight transforms. Each docstring says why the checkpoint differs from what
+the compiled model reads. All compute in float32 (or float64 where noted) like ChatRWKV."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+
+def identity(x: np.ndarray) -> np.ndarray:
+    """Stored exactly as the model reads it."""
+    return x
+
+
+def squeeze_vector(x: np.ndarray) -> np.ndarray:
+    """Time-mix vectors are stored (1, 1, C) for broadcasting in training; the model wants (C,)."""
+    return x.reshape(-1)
+
+
+def fold_ln0_into_embedding(emb: np.ndarray, ln0_w: np.ndarray, ln0_b: np.ndarray) -> np.ndarray:
+    """blocks.0.ln0 only ever sees embedding rows, so ChatRWKV applies it to the table once at load
+    (eps 1e-5, fp32, torch's layer_norm so rounding matches the reference)."""
+    t = torch.nn.functional.layer_norm(torch.from_numpy(emb).float(), (emb.shape[1],),
+                                       weight=torch.from_numpy(ln0_w).float(),
+                                       bias=torch.from_numpy(ln0_b).float())
+    return t.numpy()
+
+
+def decay_v5(time_decay: np.ndarray) -> np.ndarray:
+    """RWKV-5 checkpoints store log(-log(w)); the scan multiplies the state by w = exp(-exp(.)),
+    computed in fp32 as ChatRWKV does (fp16 would round w of slow heads to 1.0)."""
+    return torch.exp(-torch.exp(torch.from_numpy(time_decay).float())).numpy()
+
+
+def decay_v4(time_decay: np.ndarray) -> np.ndarray:
+    """RWKV-4 checkpoints store log(-w); the WKV4 recurrence adds w = -exp(.) in log space."""
+    return (-torch.exp(torch.from_numpy(time_decay).float())).numpy()
+
+
+def as_float32(x: np.ndarray) -> np.ndarray:
+    """Decay, bonus and ln_x stay fp32 whatever the model dtype (fp16 state overflows)."""
+    return x.astype(np.float32)
+
+
+def rescale_residual_weight(w: np.ndarray, divisor: float) -> np.ndarray:
+    """With rescale_every = R, the residual stream is halved after every R-th layer to stay inside
+    fp16 range; att.output and ffn.value of layer i are pre-divided by 2**(i // R) to match."""
+    return w / divisor
+
+
+def rescaled(layer: int, every: int):
+    """``rescale_residual_weight`` bound to a layer (identity when rescaling is off)."""
+    if not every:
+        return identity
+    return functools.partial(rescale_residual_weight, divisor=float(2 ** (layer // every)))

@@ -1,0 +1,157 @@
+"""RWKV-5.2 ("World"): config and nn.Modules.
+
+Follows ChatRWKV ``rwkv/model.py`` (``att_one_v5_1`` / ``att_seq_v5_2``, ``ffn_*``) line by line
+where rounding matters. Parameters hold the *load-time transformed* weights (see
+``loaders/rwkv5.py``): ln0 folded into the embedding, ``time_decay`` as the decay factor
+``w = exp(-exp(time_decay))``, ``time_faaaa`` as the bonus ``u``, time-mix vectors squeezed to (C,).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import Tensor, op
+
+from tir_kernels import wkv5 as wkv5_kernels
+
+from ..config import ConfigBase
+from ..errors import ConfigError
+from .common import (ChannelMix, LayerNorm, Linear, RNNLanguageModel, RNNState, Segments,
+                     StateSpec, last_tokens, mix, token_shift)
+
+
+@dataclasses.dataclass
+class RWKV5Config(ConfigBase):
+    """Shape and numerics of an RWKV-5.2 model."""
+
+    model_type = "rwkv5"
+
+    n_layer: int = 0
+    n_embd: int = 0
+    vocab_size: int = 65536
+    head_size: int = 64
+    dim_att: int = 0  # 0: n_embd
+    dim_ffn: int = 0  # 0: int(n_embd * 3.5) // 32 * 32, as the World models were trained
+    ln_x_eps: float = 64e-5  # notice: ChatRWKV v5.2 GroupNorm eps; rwkv.cpp/MLC use 1e-5 (wrong)
+    layer_norm_eps: float = 1e-5
+    rescale_every: int = 0  # halve the residual every N layers (fp16 overflow guard); 0: never
+    dtype: str = "float32"
+    prefill_chunk_size: int = 512
+    max_batch_size: int = 8
+
+    def __post_init__(self):
+        if self.n_layer <= 0 or self.n_embd <= 0 or self.vocab_size <= 0:
+            raise ConfigError(f"RWKV5Config needs positive n_layer, n_embd, vocab_size "
+                              f"(got {self.n_layer}, {self.n_embd}, {self.vocab_size})")
+        self.dim_att = self.dim_att or self.n_embd
+        self.dim_ffn = self.dim_ffn or int(self.n_embd * 3.5) // 32 * 32
+        if self.dim_att % self.head_size:
+            raise ConfigError(f"dim_att {self.dim_att} is not a multiple of head_size {self.head_size}")
+        if self.dtype not in ("float32", "float16"):
+            raise ConfigError(f"dtype must be float32 or float16, not {self.dtype!r}")
+
+    @property
+    def n_head(self) -> int:
+        return self.dim_att // self.head_size
+
+
+class TimeMix(nn.Module):
+    """RWKV-5.2 time mix: token-shifted r/k/v/g projections, the WKV5 scan, GroupNorm ln_x,
+    silu gate, output projection."""
+
+    def __init__(self, cfg: RWKV5Config):
+        C, A, dt = cfg.n_embd, cfg.dim_att, cfg.dtype
+        self.H, self.N, self.A = cfg.n_head, cfg.head_size, A
+        self.ln_x_eps = cfg.ln_x_eps
+        self.dtype = dt
+        self.time_mix_k = nn.Parameter((C,), dt)
+        self.time_mix_v = nn.Parameter((C,), dt)
+        self.time_mix_r = nn.Parameter((C,), dt)
+        self.time_mix_g = nn.Parameter((C,), dt)
+        self.time_decay = nn.Parameter((self.H, self.N), "float32")  # w = exp(-exp(.)), fp32 always
+        self.time_faaaa = nn.Parameter((self.H, self.N), "float32")  # bonus u, fp32 always
+        self.receptance = Linear(C, A, dt, out_dtype="float32")
+        self.key = Linear(C, A, dt, out_dtype="float32")
+        self.value = Linear(C, A, dt, out_dtype="float32")
+        self.gate = Linear(C, A, dt)
+        self.output = Linear(A, C, dt)
+        self.ln_x_weight = nn.Parameter((A,), "float32")
+        self.ln_x_bias = nn.Parameter((A,), "float32")
+
+    def forward(self, xx: Tensor, sx: Tensor, s: Tensor, seg: Segments):
+        """xx: ln1 output (T, C); sx: its token shift; s: WKV state (B, H, N, N) fp32."""
+        T, H, N = xx.shape[0], self.H, self.N
+        r = op.reshape(self.receptance(mix(xx, sx, self.time_mix_r)), [T, H, N])
+        k = op.reshape(self.key(mix(xx, sx, self.time_mix_k)), [T, H, N])
+        v = op.reshape(self.value(mix(xx, sx, self.time_mix_v)), [T, H, N])
+        g = op.silu(self.gate(mix(xx, sx, self.time_mix_g)))
+        if seg.single:
+            out, s_new = op.tensor_ir_op(
+                wkv5_kernels.wkv5(H, N), "wkv5",
+                [r, k, v, self.time_decay, self.time_faaaa, op.reshape(s, [H, N, N])],
+                [Tensor.placeholder([T, H, N], "float32"), Tensor.placeholder([H, N, N], "float32")])
+            s_new = op.reshape(s_new, [1, H, N, N])
+        else:
+            out, s_new = op.tensor_ir_op(
+                wkv5_kernels.wkv5_ragged(H, N), "wkv5_ragged",
+                [r, k, v, self.time_decay, self.time_faaaa, s, seg.seg_last],
+                [Tensor.placeholder([T, H, N], "float32"), Tensor.placeholder(s.shape, "float32")])
+        # GroupNorm over heads, in fp32, with the reference's eps (64e-5)
+        out = op.group_norm(op.reshape(out, [T, self.A]), H, self.ln_x_weight, self.ln_x_bias,
+                            eps=self.ln_x_eps, channel_axis=1, axes=[])
+        if self.dtype != "float32":
+            out = out.astype(self.dtype)
+        return self.output(out * g), s_new
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: RWKV5Config, layer: int):
+        self.layer = layer
+        self.ln1 = LayerNorm(cfg.n_embd, cfg.dtype, cfg.layer_norm_eps)
+        self.ln2 = LayerNorm(cfg.n_embd, cfg.dtype, cfg.layer_norm_eps)
+        self.att = TimeMix(cfg)
+        self.ffn = ChannelMix(cfg.n_embd, cfg.dim_ffn, cfg.dtype)
+
+    def forward(self, x: Tensor, seg: Segments, state: RNNState, spec: StateSpec):
+        B = 1 if seg.single else seg.seg_last.shape[0]
+        C, i = x.shape[1], self.layer
+        get = lambda name: state.get(i, spec.index(name), [B, *spec.entries[spec.index(name)][1]],
+                                     spec.entries[spec.index(name)][2])
+        xx = self.ln1(x)
+        att_out, s_new = self.att(xx, token_shift(xx, get("att_x"), seg), get("att_kv"), seg)
+        state = state.set(i, spec.index("att_x"), last_tokens(xx, seg))
+        state = state.set(i, spec.index("att_kv"), s_new)
+        x = x + att_out
+        xx = self.ln2(x)
+        x = x + self.ffn(xx, token_shift(xx, get("ffn_x"), seg))
+        state = state.set(i, spec.index("ffn_x"), last_tokens(xx, seg))
+        return x, state
+
+
+class RWKV5(RNNLanguageModel):
+    """RWKV-5.2 language model with the MLC-style RNN interface."""
+
+    def __init__(self, cfg: RWKV5Config):
+        self.cfg = cfg
+        self.dtype, self.n_layer, self.n_embd, self.vocab_size = (
+            cfg.dtype, cfg.n_layer, cfg.n_embd, cfg.vocab_size)
+        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.n_embd, dtype=cfg.dtype)
+        self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
+        self.ln_out = LayerNorm(cfg.n_embd, cfg.dtype, cfg.layer_norm_eps)
+        self.head = Linear(cfg.n_embd, cfg.vocab_size, cfg.dtype, out_dtype="float32")
+
+    def state_spec(self) -> StateSpec:
+        c = self.cfg
+        return StateSpec([
+            ("att_x", (c.n_embd,), c.dtype, 0.0),
+            ("att_kv", (c.n_head, c.head_size, c.head_size), "float32", 0.0),
+            ("ffn_x", (c.n_embd,), c.dtype, 0.0),
+        ])
+
+    def forward_packed(self, x: Tensor, seg: Segments, state: RNNState):
+        spec = self.state_spec()
+        for i, block in enumerate(self.blocks):
+            x, state = block(x, seg, state, spec)
+            if self.cfg.rescale_every and (i + 1) % self.cfg.rescale_every == 0:
+                x = x / 2.0
+        return last_tokens(x, seg), state

@@ -1,0 +1,135 @@
+"""checkpoint -> config -> nn.Module -> IRModule -> target build -> artifact."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm import relax
+
+from .config import read_config_json, read_preset
+from .errors import ConfigError
+from .loaders import detect, open_checkpoint
+from .registry import Architecture, get_architecture
+from .targets import get_target, relax_pipeline
+
+
+class ModelSource:
+    """What ``--model`` named: a config (from preset or JSON) and, if given, the checkpoint."""
+
+    def __init__(self, arch: Architecture, config, checkpoint=None, layout: str | None = None):
+        self.arch, self.config, self.checkpoint, self.layout = arch, config, checkpoint, layout
+
+    @property
+    def name(self) -> str:
+        return self.config.extra.get("name") or f"{self.arch.name}-{self.config.n_layer}x{self.config.n_embd}"
+
+
+def resolve_model(model: str, overrides: dict[str, Any] | None = None) -> ModelSource:
+    """``model`` is a preset name, a config JSON, or a checkpoint file / folder."""
+    overrides = dict(overrides or {})
+    path = Path(model)
+    if not path.exists():
+        if "/" in model or path.suffix in (".pth", ".bin", ".safetensors", ".json"):
+            raise ConfigError(f"model path {model} does not exist")
+        data = read_preset(model)  # an unknown name raises with the list of presets
+        arch = get_architecture(data.get("model_type", ""))
+        data.update(overrides)
+        data.setdefault("name", model)
+        return ModelSource(arch, arch.config_cls.from_dict(data))
+    if path.is_file() and path.suffix == ".json":
+        data = read_config_json(path)
+        arch = get_architecture(data.get("model_type", ""))
+        data.update(overrides)
+        return ModelSource(arch, arch.config_cls.from_dict(data))
+    ckpt = open_checkpoint(path)
+    arch_name, layout = detect(ckpt)
+    arch = get_architecture(arch_name)
+    config = arch.loader.infer_config(ckpt, layout, **overrides)
+    config.extra.setdefault("name", path.stem)
+    return ModelSource(arch, config, ckpt, layout)
+
+
+def check_checkpoint_matches(source: ModelSource, arch_name: str) -> None:
+    """The compiled library's architecture must be the checkpoint's."""
+    if source.arch.name != arch_name:
+        raise ConfigError(f"checkpoint {source.checkpoint.path} is {source.arch.name.upper()}, but the "
+                          f"library was built for {arch_name.upper()}; build a library for it")
+
+
+def export(source: ModelSource, quantization: str = "q0f32"):
+    """Return ``(IRModule, param specs {name: (shape, dtype)}, metadata)``."""
+    cfg = source.config
+    model = source.arch.model_cls(cfg)
+    mod, named_params = model.export_tvm(spec=model.get_default_spec())
+    params = {name: (tuple(int(s) for s in p.shape), p.dtype) for name, p in named_params}
+    metadata = {
+        "model_type": source.arch.name,
+        "model_name": source.name,
+        "quantization": quantization,
+        "model_config": cfg.to_dict(),
+        "vocab_size": cfg.vocab_size,
+        "num_hidden_layers": cfg.n_layer,
+        "hidden_size": cfg.n_embd,
+        "kv_state_kind": "rnn_state",
+        "context_window_size": -1,
+        "sliding_window_size": -1,
+        "prefill_chunk_size": cfg.prefill_chunk_size,
+        "max_batch_size": cfg.max_batch_size,
+        "tensor_parallel_shards": 1,
+        "pipeline_parallel_stages": 1,
+        "state": model.state_spec().to_json(),
+        "params": [{"name": n, "shape": list(s), "dtype": d} for n, (s, d) in params.items()],
+    }
+    mod = attach_metadata(mod, metadata)
+    return mod, params, metadata
+
+
+def attach_metadata(mod: tvm.IRModule, metadata: dict) -> tvm.IRModule:
+    """Add ``_metadata() -> str`` (JSON), as MLC-LLM libraries carry."""
+    bb = relax.BlockBuilder()
+    with bb.function("_metadata", params=[]):
+        bb.emit_func_output(tvm.ir.StringImm(json.dumps(metadata)))
+    mod = mod.clone() if hasattr(mod, "clone") else mod
+    mod["_metadata"] = bb.finalize()["_metadata"]
+    return mod
+
+
+def compile_module(mod: tvm.IRModule, target: tvm.target.Target):
+    with target:
+        return tvm.compile(mod, target, relax_pipeline=relax_pipeline(target))
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(tmp_path)`` and rename into place, so a failure never leaves a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def default_output(source: ModelSource, quantization: str, target_name: str) -> Path:
+    return Path("dist") / "libs" / f"{source.name}-{quantization}-{target_name}{get_target(target_name).extension}"
+
+
+def build(model: str, target: str = "llvm", output: str | Path | None = None,
+          quantization: str = "q0f32", arch: str | None = None,
+          overrides: dict[str, Any] | None = None) -> Path:
+    """Compile ``model`` for ``target`` and write the library. Returns its path."""
+    preset = get_target(target)
+    source = resolve_model(model, overrides)
+    tvm_target = preset.target(arch)
+    mod, _, _ = export(source, quantization)
+    ex = compile_module(mod, tvm_target)
+    out = Path(output) if output else default_output(source, quantization, target)
+    return atomic_write(out, ex.export_library)

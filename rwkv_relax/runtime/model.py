@@ -1,0 +1,205 @@
+"""A compiled RWKV library plus its weights, driven through TVM's runtime RNNState.
+
+Every call that takes a :class:`State` leaves it untouched: the runtime sequence behind it is
+forked (a device-side copy of its slot) and the fork advances. Sequences are released when their
+``State`` is garbage-collected.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.runtime import ShapeTuple
+
+from ..errors import RWKVRelaxError
+from ..pipeline import check_checkpoint_matches, resolve_model
+from ..loaders import load_params
+
+_DEVICES = {"cpu": tvm.cpu, "cuda": tvm.cuda, "metal": tvm.metal, "vulkan": tvm.vulkan,
+            "opencl": tvm.opencl}
+
+
+def _builtin(name: str):
+    return tvm.get_global_func(f"vm.builtin.{name}")
+
+
+class State:
+    """One sequence's recurrent state (all layers), held by the runtime RNNState."""
+
+    def __init__(self, model: "CompiledModel", seq_id: int, length: int):
+        self._model, self.seq_id, self.length = model, seq_id, length
+
+    def __del__(self):
+        model = getattr(self, "_model", None)
+        if model is not None and model._rnn is not None:
+            model._release(self.seq_id)
+
+    def layer(self, layer: int, name: str) -> np.ndarray:
+        """This sequence's state tensor ``name`` of ``layer`` (a copy)."""
+        return self._model.read_state(self, layer, name)
+
+
+class CompiledModel:
+    """See :func:`load_model`."""
+
+    def __init__(self, lib_path: str | Path, weights: str | Path, device: str = "cpu",
+                 max_sequences: int = 64, max_history: int = 4):
+        if device not in _DEVICES:
+            raise RWKVRelaxError(f"unknown device '{device}'; valid: {', '.join(_DEVICES)}")
+        lib_path = Path(lib_path)
+        if not lib_path.is_file():
+            raise RWKVRelaxError(f"model library {lib_path} does not exist; build it with "
+                                 "python -m rwkv_relax.build")
+        self.device = _DEVICES[device](0)
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
+        self.metadata = json.loads(str(self.vm["_metadata"]()))
+        self.vocab_size = int(self.metadata["vocab_size"])
+        self.n_layer = int(self.metadata["num_hidden_layers"])
+        self.chunk = int(self.metadata.get("prefill_chunk_size", 512))
+        self.state_names = [s["name"] for s in self.metadata["state"]]
+        self.params = self._load_weights(weights)
+        self._rnn = self.vm["create_rnn_state"](ShapeTuple([max_sequences]), ShapeTuple([max_history]))
+        self._ids = itertools.count()
+
+    # ---- weights ------------------------------------------------------------------------
+    def _load_weights(self, weights: str | Path) -> list:
+        md = self.metadata
+        source = resolve_model(str(weights))
+        if source.checkpoint is None:
+            raise RWKVRelaxError(f"{weights} is not a checkpoint; pass the model's weights")
+        check_checkpoint_matches(source, md["model_type"])
+        specs = {p["name"]: (tuple(p["shape"]), p["dtype"]) for p in md["params"]}
+        built = md["model_config"]
+        for key in ("n_layer", "n_embd", "vocab_size", "dim_ffn"):
+            if key in built and getattr(source.config, key, built[key]) != built[key]:
+                raise RWKVRelaxError(
+                    f"checkpoint {weights} has {key}={getattr(source.config, key)} but the library "
+                    f"was built for {key}={built[key]}; build a library for this checkpoint")
+        cfg = source.arch.config_cls.from_dict(built)  # numerics (rescale_every...) as compiled
+        table = source.arch.loader.param_table(cfg)
+        expected = source.arch.loader.source_shapes(cfg)
+        return [tvm.runtime.tensor(arr, self.device)
+                for _, arr in load_params(source.checkpoint, source.layout, expected, table, specs)]
+
+    # ---- sequences ----------------------------------------------------------------------
+    def _new_sequence(self, parent: State | None) -> int:
+        seq = next(self._ids)
+        try:
+            if parent is None:
+                _builtin("kv_state_add_sequence")(self._rnn, seq)
+            else:
+                _builtin("kv_state_fork_sequence")(self._rnn, parent.seq_id, seq, -1)
+        except Exception as err:  # the runtime says "slot is full"
+            raise RWKVRelaxError(f"no free sequence slot ({str(err).splitlines()[0][:120]}); "
+                                 "drop unused State objects or raise max_sequences") from None
+        return seq
+
+    def _release(self, seq_id: int) -> None:
+        try:
+            _builtin("kv_state_remove_sequence")(self._rnn, seq_id)
+        except Exception:  # interpreter shutdown: the runtime may already be gone
+            pass
+
+    def read_state(self, state: State, layer: int, name: str) -> np.ndarray:
+        idx = self.state_names.index(name)
+        return _builtin("rnn_state_debug_get")(self._rnn, layer, idx, state.seq_id).numpy()
+
+    # ---- forward ------------------------------------------------------------------------
+    def _tokens(self, tokens: Sequence[int]) -> np.ndarray:
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise RWKVRelaxError("empty token list; give at least one token")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise RWKVRelaxError(f"token id {int(ids.max() if ids.max() >= self.vocab_size else ids.min())} "
+                                 f"is outside the vocabulary [0, {self.vocab_size})")
+        return ids.astype(np.int32)
+
+    def _run(self, fn: str, seq_ids: list[int], lengths: list[int], *args):
+        _builtin("kv_state_begin_forward")(self._rnn, ShapeTuple(seq_ids), ShapeTuple(lengths))
+        logits, self._rnn = self.vm[fn](*args, self._rnn, self.params)
+        _builtin("kv_state_end_forward")(self._rnn)
+        return logits
+
+    def _embed(self, ids: np.ndarray):
+        return self.vm["embed"](tvm.runtime.tensor(ids, self.device), self.params)
+
+    def advance(self, state: State, tokens: Sequence[int]) -> np.ndarray:
+        """Feed ``tokens`` into ``state`` IN PLACE (no fork); returns the last token's logits."""
+        ids = self._tokens(tokens)
+        logits = None
+        for start in range(0, ids.size, self.chunk):
+            chunk = ids[start:start + self.chunk]
+            emb = self._embed(chunk)
+            fn = "decode" if chunk.size == 1 else "prefill"
+            logits = self._run(fn, [state.seq_id], [int(chunk.size)], _reshape3(emb, self.device))
+        state.length += int(ids.size)
+        return logits.numpy().reshape(-1)
+
+    def new_state(self) -> State:
+        return State(self, self._new_sequence(None), 0)
+
+    def fork(self, state: State) -> State:
+        return State(self, self._new_sequence(state), state.length)
+
+    def prefill(self, tokens: Sequence[int], state: State | None = None) -> tuple[np.ndarray, State]:
+        """Run ``tokens`` (in chunks of prefill_chunk_size) after ``state`` (None: fresh).
+        Returns the last position's logits (V,) float32 and the new state."""
+        ids = self._tokens(tokens)
+        new = self.new_state() if state is None else self.fork(state)
+        return self.advance(new, ids), new
+
+    def decode(self, token: int, state: State) -> tuple[np.ndarray, State]:
+        """One token after ``state``."""
+        return self.prefill([int(token)], state)
+
+    def batch_prefill(self, token_lists: Sequence[Sequence[int]],
+                      states: Sequence[State | None]) -> tuple[np.ndarray, list[State]]:
+        """Several sequences in one packed forward; returns (B, V) logits and new states."""
+        ids = [self._tokens(t) for t in token_lists]
+        new = [self.new_state() if s is None else self.fork(s) for s in states]
+        packed = np.concatenate(ids)
+        positions = np.cumsum([i.size for i in ids]).astype(np.int32) - 1
+        emb = _reshape3(self._embed(packed), self.device)
+        logits = self._run("batch_prefill", [s.seq_id for s in new], [int(i.size) for i in ids],
+                           emb, tvm.runtime.tensor(positions, self.device))
+        for s, i in zip(new, ids):
+            s.length += int(i.size)
+        return logits.numpy().reshape(len(ids), -1), new
+
+    def batch_decode(self, tokens: Sequence[int], states: Sequence[State]) -> tuple[np.ndarray, list[State]]:
+        """One token for each of several sequences; returns (B, V) logits and new states."""
+        ids = self._tokens(tokens)
+        new = [self.fork(s) for s in states]
+        emb = self._embed(ids).numpy().reshape(ids.size, 1, -1)
+        logits = self._run("batch_decode", [s.seq_id for s in new], [1] * ids.size,
+                           tvm.runtime.tensor(emb, self.device))
+        for s in new:
+            s.length += 1
+        return logits.numpy().reshape(ids.size, -1), new
+
+    def rollback(self, state: State, n: int) -> State:
+        """The state ``n`` decode steps earlier (runtime ``popn``; decode steps only, at most
+        ``max_history - 1``)."""
+        new = self.fork(state)
+        try:
+            _builtin("kv_state_popn")(self._rnn, new.seq_id, int(n))
+        except Exception as err:
+            raise RWKVRelaxError(f"cannot roll back {n} tokens: {str(err).splitlines()[0][:160]}") from None
+        new.length -= n
+        return new
+
+
+def _reshape3(emb, device):
+    """(T, C) embedding -> (1, T, C) for prefill."""
+    arr = emb.numpy()
+    return tvm.runtime.tensor(arr.reshape(1, *arr.shape), device)
+
+
+def load_model(lib_path: str | Path, weights: str | Path, device: str = "cpu", **kwargs) -> CompiledModel:
+    """Load a compiled library and a checkpoint's weights."""
+    return CompiledModel(lib_path, weights, device, **kwargs)

@@ -1,0 +1,1 @@
+"""Helpers for tests and tools: random checkpoints in the real file formats, reference runs."""
