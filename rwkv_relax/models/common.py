@@ -205,23 +205,68 @@ class StateSpec:
         return [{"name": n, "shape": list(s), "dtype": d, "init": f} for n, s, d, f in self.entries]
 
 
+class Block(nn.Module):
+    """One RWKV layer: ``x += att(ln1 x)``, ``x += ffn(ln2 x)``, with their carried state.
+
+    ``att`` is the version's time mix: ``att(xx, sx, states: dict, seg) -> (out, new states)``,
+    where ``att.state_names`` lists the state entries it carries besides the token-shift rows.
+    """
+
+    def __init__(self, layer: int, n_embd: int, dim_ffn: int, dtype: str, eps: float, att: nn.Module):
+        self.layer = layer
+        self.ln1 = LayerNorm(n_embd, dtype, eps)
+        self.ln2 = LayerNorm(n_embd, dtype, eps)
+        self.att = att
+        self.ffn = ChannelMix(n_embd, dim_ffn, dtype)
+
+    def forward(self, x: Tensor, seg: Segments, state: RNNState, spec: StateSpec):
+        B = 1 if seg.single else seg.seg_last.shape[0]
+
+        def get(name):
+            _, shape, dtype, _ = spec.entries[spec.index(name)]
+            return state.get(self.layer, spec.index(name), [B, *shape], dtype)
+
+        xx = self.ln1(x)
+        att_out, carried = self.att(xx, token_shift(xx, get("att_x"), seg),
+                                    {n: get(n) for n in self.att.state_names}, seg)
+        carried["att_x"] = last_tokens(xx, seg)
+        x = x + att_out
+        xx = self.ln2(x)
+        x = x + self.ffn(xx, token_shift(xx, get("ffn_x"), seg))
+        carried["ffn_x"] = last_tokens(xx, seg)
+        for name, value in carried.items():
+            state = state.set(self.layer, spec.index(name), value)
+        return x, state
+
+
 class RNNLanguageModel(nn.Module):
     """The exported interface shared by every RWKV version (MLC-LLM's RNN model functions).
 
-    Subclasses provide ``embeddings``, ``state_spec()`` and ``forward_packed(x, seg, state)``
-    returning ``(hidden (B, C) of each sequence's last token, state)``; ``ln_out`` and ``head``.
+    Subclasses set ``cfg``, ``embeddings``, ``blocks``, ``ln_out``, ``head`` and ``state_spec()``.
     """
 
-    dtype: str
-    n_layer: int
-    n_embd: int
-    vocab_size: int
+    def __init__(self, cfg, blocks: list[Block]):
+        self.cfg = cfg
+        self.dtype, self.n_layer, self.n_embd, self.vocab_size = (
+            cfg.dtype, cfg.n_layer, cfg.n_embd, cfg.vocab_size)
+        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.n_embd, dtype=cfg.dtype)
+        self.blocks = nn.ModuleList(blocks)
+        self.ln_out = LayerNorm(cfg.n_embd, cfg.dtype, cfg.layer_norm_eps)
+        self.head = Linear(cfg.n_embd, cfg.vocab_size, cfg.dtype, out_dtype="float32")
 
     def state_spec(self) -> StateSpec:
         raise NotImplementedError
 
     def forward_packed(self, x: Tensor, seg: Segments, state: RNNState):
-        raise NotImplementedError
+        """x: (T, C) packed tokens -> (hidden (B, C) at each sequence's last token, state)."""
+        spec = self.state_spec()
+        for i, block in enumerate(self.blocks):
+            x, state = block(x, seg, state, spec)
+            # ChatRWKV's RESCALE_LAYER: halve the residual to stay in fp16 range (weights were
+            # pre-divided at load to match)
+            if self.cfg.rescale_every and (i + 1) % self.cfg.rescale_every == 0:
+                x = x / 2.0
+        return last_tokens(x, seg), state
 
     def _logits(self, hidden: Tensor) -> Tensor:
         return self.head(self.ln_out(hidden))  # (B, V) fp32

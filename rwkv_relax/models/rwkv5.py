@@ -16,8 +16,7 @@ from tir_kernels import wkv5 as wkv5_kernels
 
 from ..config import ConfigBase
 from ..errors import ConfigError
-from .common import (ChannelMix, LayerNorm, Linear, RNNLanguageModel, RNNState, Segments,
-                     StateSpec, last_tokens, mix, token_shift)
+from .common import Block, Linear, RNNLanguageModel, Segments, StateSpec, mix
 
 
 @dataclasses.dataclass
@@ -78,9 +77,11 @@ class TimeMix(nn.Module):
         self.ln_x_weight = nn.Parameter((A,), "float32")
         self.ln_x_bias = nn.Parameter((A,), "float32")
 
-    def forward(self, xx: Tensor, sx: Tensor, s: Tensor, seg: Segments):
-        """xx: ln1 output (T, C); sx: its token shift; s: WKV state (B, H, N, N) fp32."""
-        T, H, N = xx.shape[0], self.H, self.N
+    state_names = ("att_kv",)
+
+    def forward(self, xx: Tensor, sx: Tensor, states: dict, seg: Segments):
+        """xx: ln1 output (T, C); sx: its token shift; states["att_kv"]: (B, H, N, N) fp32."""
+        T, H, N, s = xx.shape[0], self.H, self.N, states["att_kv"]
         r = op.reshape(self.receptance(mix(xx, sx, self.time_mix_r)), [T, H, N])
         k = op.reshape(self.key(mix(xx, sx, self.time_mix_k)), [T, H, N])
         v = op.reshape(self.value(mix(xx, sx, self.time_mix_v)), [T, H, N])
@@ -101,44 +102,15 @@ class TimeMix(nn.Module):
                             eps=self.ln_x_eps, channel_axis=1, axes=[])
         if self.dtype != "float32":
             out = out.astype(self.dtype)
-        return self.output(out * g), s_new
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: RWKV5Config, layer: int):
-        self.layer = layer
-        self.ln1 = LayerNorm(cfg.n_embd, cfg.dtype, cfg.layer_norm_eps)
-        self.ln2 = LayerNorm(cfg.n_embd, cfg.dtype, cfg.layer_norm_eps)
-        self.att = TimeMix(cfg)
-        self.ffn = ChannelMix(cfg.n_embd, cfg.dim_ffn, cfg.dtype)
-
-    def forward(self, x: Tensor, seg: Segments, state: RNNState, spec: StateSpec):
-        B = 1 if seg.single else seg.seg_last.shape[0]
-        C, i = x.shape[1], self.layer
-        get = lambda name: state.get(i, spec.index(name), [B, *spec.entries[spec.index(name)][1]],
-                                     spec.entries[spec.index(name)][2])
-        xx = self.ln1(x)
-        att_out, s_new = self.att(xx, token_shift(xx, get("att_x"), seg), get("att_kv"), seg)
-        state = state.set(i, spec.index("att_x"), last_tokens(xx, seg))
-        state = state.set(i, spec.index("att_kv"), s_new)
-        x = x + att_out
-        xx = self.ln2(x)
-        x = x + self.ffn(xx, token_shift(xx, get("ffn_x"), seg))
-        state = state.set(i, spec.index("ffn_x"), last_tokens(xx, seg))
-        return x, state
+        return self.output(out * g), {"att_kv": s_new}
 
 
 class RWKV5(RNNLanguageModel):
     """RWKV-5.2 language model with the MLC-style RNN interface."""
 
     def __init__(self, cfg: RWKV5Config):
-        self.cfg = cfg
-        self.dtype, self.n_layer, self.n_embd, self.vocab_size = (
-            cfg.dtype, cfg.n_layer, cfg.n_embd, cfg.vocab_size)
-        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.n_embd, dtype=cfg.dtype)
-        self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
-        self.ln_out = LayerNorm(cfg.n_embd, cfg.dtype, cfg.layer_norm_eps)
-        self.head = Linear(cfg.n_embd, cfg.vocab_size, cfg.dtype, out_dtype="float32")
+        super().__init__(cfg, [Block(i, cfg.n_embd, cfg.dim_ffn, cfg.dtype, cfg.layer_norm_eps, TimeMix(cfg))
+                               for i in range(cfg.n_layer)])
 
     def state_spec(self) -> StateSpec:
         c = self.cfg
@@ -147,11 +119,3 @@ class RWKV5(RNNLanguageModel):
             ("att_kv", (c.n_head, c.head_size, c.head_size), "float32", 0.0),
             ("ffn_x", (c.n_embd,), c.dtype, 0.0),
         ])
-
-    def forward_packed(self, x: Tensor, seg: Segments, state: RNNState):
-        spec = self.state_spec()
-        for i, block in enumerate(self.blocks):
-            x, state = block(x, seg, state, spec)
-            if self.cfg.rescale_every and (i + 1) % self.cfg.rescale_every == 0:
-                x = x / 2.0
-        return last_tokens(x, seg), state
