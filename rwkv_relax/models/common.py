@@ -78,7 +78,14 @@ def last_tokens(x: Tensor, seg: Segments) -> Tensor:
         def f(x):
             return te.compute((1, x.shape[1]), lambda _, c: x[x.shape[0] - 1, c], name="last")
         return op.tensor_expr_op(f, "last_token", [x])
-    return op.take(x, seg.seg_last, axis=0)
+    return gather_rows(x, seg.seg_last, "last_tokens")
+
+
+def gather_rows(table: Tensor, ids: Tensor, name: str) -> Tensor:
+    """``table[ids]`` as a plain TE gather (op.take's legalization warns on every compile)."""
+    def f(table, ids):
+        return te.compute((ids.shape[0], table.shape[1]), lambda t, c: table[ids[t], c], name=name)
+    return op.tensor_expr_op(f, name, [table, ids])
 
 
 def mix(xx: Tensor, sx: Tensor, time_mix: Tensor) -> Tensor:
@@ -205,6 +212,16 @@ class StateSpec:
         return [{"name": n, "shape": list(s), "dtype": d, "init": f} for n, s, d, f in self.entries]
 
 
+class Embedding(nn.Module):
+    """Token embedding table (V, C)."""
+
+    def __init__(self, vocab_size: int, n_embd: int, dtype: str):
+        self.weight = nn.Parameter((vocab_size, n_embd), dtype)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return gather_rows(self.weight, ids, "embedding")
+
+
 class Block(nn.Module):
     """One RWKV layer: ``x += att(ln1 x)``, ``x += ffn(ln2 x)``, with their carried state.
 
@@ -249,7 +266,7 @@ class RNNLanguageModel(nn.Module):
         self.cfg = cfg
         self.dtype, self.n_layer, self.n_embd, self.vocab_size = (
             cfg.dtype, cfg.n_layer, cfg.n_embd, cfg.vocab_size)
-        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.n_embd, dtype=cfg.dtype)
+        self.embeddings = Embedding(cfg.vocab_size, cfg.n_embd, cfg.dtype)
         self.blocks = nn.ModuleList(blocks)
         self.ln_out = LayerNorm(cfg.n_embd, cfg.dtype, cfg.layer_norm_eps)
         self.head = Linear(cfg.n_embd, cfg.vocab_size, cfg.dtype, out_dtype="float32")

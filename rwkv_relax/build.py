@@ -1,0 +1,39 @@
+"""``python -m rwkv_relax.build --target llvm --model <preset | checkpoint | config.json> -o lib.so``"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .cli import one_line_errors, parse_overrides
+
+
+def parser() -> argparse.ArgumentParser:
+    from .config import list_presets
+    from .targets import PRESETS
+    p = argparse.ArgumentParser(prog="python -m rwkv_relax.build", description=__doc__)
+    p.add_argument("--model", required=True,
+                   help=f"preset ({', '.join(list_presets())}), checkpoint file/folder, or config JSON")
+    p.add_argument("--target", "--device", dest="target", default="llvm",
+                   help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--arch", default=None, help="target arch override (llvm: -mcpu name)")
+    p.add_argument("--quantization", default="q0f32", help="weight quantization mode")
+    p.add_argument("--overrides", default=None, help='config overrides, "key=value;key=value"')
+    p.add_argument("-o", "--output", default=None, help="library path (default dist/libs/...)")
+    return p
+
+
+@one_line_errors
+def main(argv=None) -> int:
+    from .pipeline import build
+    args = parser().parse_args(argv)
+    t0 = time.perf_counter()
+    out = build(args.model, target=args.target, output=args.output, quantization=args.quantization,
+                arch=args.arch, overrides=parse_overrides(args.overrides))
+    size = out.stat().st_size
+    print(f"wrote {out} ({size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

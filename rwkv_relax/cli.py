@@ -1,0 +1,43 @@
+"""Shared CLI plumbing: RWKVRelaxError becomes one ``error:`` line and exit status 2."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+
+def one_line_errors(main):
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        from .errors import RWKVRelaxError
+        try:
+            return main(argv)
+        except RWKVRelaxError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+    return wrapper
+
+
+def parse_overrides(text: str | None) -> dict:
+    """``--overrides "prefill_chunk_size=256;max_batch_size=4"`` (MLC style) or a JSON object."""
+    from .errors import ConfigError
+    if not text:
+        return {}
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--overrides is not valid JSON ({err})") from None
+    out = {}
+    for item in filter(None, (p.strip() for p in text.split(";"))):
+        if "=" not in item:
+            raise ConfigError(f"--overrides item '{item}' is not key=value")
+        key, value = (s.strip() for s in item.split("=", 1))
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
