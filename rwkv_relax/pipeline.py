@@ -13,6 +13,7 @@ from tvm import relax
 from .config import read_config_json, read_preset
 from .errors import ConfigError
 from .loaders import detect, open_checkpoint
+from .loaders.table import check_tensor_names
 from .registry import Architecture, get_architecture
 from .targets import get_target, relax_pipeline
 
@@ -49,6 +50,8 @@ def resolve_model(model: str, overrides: dict[str, Any] | None = None) -> ModelS
     arch_name, layout = detect(ckpt)
     arch = get_architecture(arch_name)
     config = arch.loader.infer_config(ckpt, layout, **overrides)
+    # names and shapes only: a bad checkpoint fails here, before minutes of compilation
+    check_tensor_names(ckpt, layout, arch.loader.source_shapes(config))
     config.extra.setdefault("name", path.stem)
     return ModelSource(arch, config, ckpt, layout)
 

@@ -1,0 +1,139 @@
+"""Bad input gets one line that names the cause, exit status 2, and no artifact."""
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+from rwkv_relax import build as build_cli
+from rwkv_relax.testing.checkpoints import rwkv5_tensors, write_checkpoint
+
+SMALL = dict(n_layer=2, n_embd=128, vocab_size=1024, dim_ffn=448)
+
+
+def run_build(tmp_path, capsys, model, *extra):
+    out = tmp_path / "out" / "lib.so"
+    code = build_cli.main(["--model", str(model), "--target", "llvm", "-o", str(out), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    lines = [l for l in err.splitlines() if not l.startswith("[")]  # TVM's own log lines start with [
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert not out.exists()
+    assert not any((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+    return lines[0]
+
+
+@pytest.fixture
+def good(tmp_path):
+    return rwkv5_tensors(**SMALL)
+
+
+def test_truncated_pth(tmp_path, capsys, good):
+    p = write_checkpoint(good, tmp_path / "m.pth")
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    msg = run_build(tmp_path, capsys, p)
+    assert "truncated" in msg and "m.pth" in msg
+
+
+def test_truncated_safetensors(tmp_path, capsys, good):
+    p = write_checkpoint(good, tmp_path / "m.safetensors", layout="hf")
+    data = p.read_bytes()
+    p.write_bytes(data[:-1000])
+    assert "truncated" in run_build(tmp_path, capsys, p)
+
+
+def test_missing_tensor(tmp_path, capsys, good):
+    del good["blocks.1.att.gate.weight"]
+    msg = run_build(tmp_path, capsys, write_checkpoint(good, tmp_path / "m.pth"))
+    assert "missing tensor 'blocks.1.att.gate.weight'" in msg
+
+
+def test_unexpected_tensor(tmp_path, capsys, good):
+    good["blocks.0.att.extra_thing"] = good["blocks.0.ln1.weight"]
+    msg = run_build(tmp_path, capsys, write_checkpoint(good, tmp_path / "m.pth"))
+    assert "unexpected tensor 'blocks.0.att.extra_thing'" in msg
+
+
+def test_wrong_shape(tmp_path, capsys, good):
+    good["blocks.1.ffn.key.weight"] = good["blocks.1.ffn.key.weight"][:-32]
+    msg = run_build(tmp_path, capsys, write_checkpoint(good, tmp_path / "m.pth"))
+    assert "blocks.1.ffn.key.weight" in msg and "shape" in msg
+
+
+class NotATensor:  # pickled by reference: unpickling it would import and run this module
+    pass
+
+
+def test_pickle_with_objects_is_refused(tmp_path, capsys, good):
+    state = {k: torch.from_numpy(v) for k, v in good.items()}
+    state["evil"] = NotATensor()
+    p = tmp_path / "m.pth"
+    torch.save(state, p)
+    msg = run_build(tmp_path, capsys, p)
+    assert "pickled objects other than tensors" in msg
+
+
+def test_pickle_with_plain_non_tensor_entry(tmp_path, capsys, good):
+    state = collections.OrderedDict((k, torch.from_numpy(v)) for k, v in good.items())
+    state["note"] = "hello"
+    p = tmp_path / "m.pth"
+    torch.save(state, p)
+    assert "'note' is a str, not a tensor" in run_build(tmp_path, capsys, p)
+
+
+def test_nan_weights(tmp_path, capsys, good):
+    from rwkv_relax import load_model
+    from rwkv_relax.errors import CheckpointError
+    good["blocks.0.att.key.weight"][3, 4] = float("nan")
+    p = write_checkpoint(good, tmp_path / "m.pth")
+    # the shape-only build succeeds; loading the weights names the tensor
+    lib = tmp_path / "lib.so"
+    assert build_cli.main(["--model", str(p), "-o", str(lib)]) == 0
+    with pytest.raises(CheckpointError, match="blocks.0.att.key.weight.*NaN"):
+        load_model(lib, p)
+
+
+def test_unknown_preset(tmp_path, capsys):
+    msg = run_build(tmp_path, capsys, "rwkv5-world-9b")
+    assert "unknown preset 'rwkv5-world-9b'" in msg and "rwkv5-world-1.5b" in msg
+
+
+def test_unknown_target(tmp_path, capsys):
+    msg = run_build(tmp_path, capsys, "rwkv5-world-0.1b", "--target", "tpu")
+    assert "unknown target 'tpu'" in msg and "llvm" in msg
+
+
+def test_not_an_rwkv_checkpoint(tmp_path, capsys):
+    p = tmp_path / "m.pth"
+    torch.save({"encoder.weight": torch.zeros(3, 3)}, p)
+    assert "not an RWKV checkpoint" in run_build(tmp_path, capsys, p)
+
+
+def test_other_rwkv_versions_are_named(tmp_path, capsys, good):
+    v6 = dict(good)
+    v6["blocks.0.att.time_maa_x"] = good["blocks.0.att.time_mix_k"]
+    assert "RWKV-6" in run_build(tmp_path, capsys, write_checkpoint(v6, tmp_path / "m6.pth"))
+    v51 = dict(good)
+    for i in range(SMALL["n_layer"]):
+        v51[f"blocks.{i}.att.time_decay"] = good[f"blocks.{i}.att.time_decay"].reshape(-1, 1)
+    assert "RWKV-5.1" in run_build(tmp_path, capsys, write_checkpoint(v51, tmp_path / "m51.pth"))
+
+
+def test_library_refuses_weights_of_another_shape(factory, tmp_path):
+    from rwkv_relax import RWKVRelaxError, load_model
+    lib = factory.library(factory.checkpoint("rwkv5", "small", **SMALL))
+    other = write_checkpoint(rwkv5_tensors(**{**SMALL, "n_embd": 192, "dim_ffn": 672}), tmp_path / "o.pth")
+    with pytest.raises(RWKVRelaxError, match="n_embd=192 but the library was built for n_embd=128"):
+        load_model(lib, other)
+
+
+def test_runtime_rejects_bad_tokens(factory):
+    from rwkv_relax import RWKVRelaxError, load_model
+    ckpt = factory.checkpoint("rwkv5", "small", **SMALL)
+    model = load_model(factory.library(ckpt), ckpt)
+    with pytest.raises(RWKVRelaxError, match="outside the vocabulary"):
+        model.prefill([1, SMALL["vocab_size"]])
+    with pytest.raises(RWKVRelaxError, match="empty"):
+        model.prefill([])
