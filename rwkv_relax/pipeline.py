@@ -13,7 +13,8 @@ from tvm import relax
 from .config import read_config_json, read_preset
 from .errors import ConfigError
 from .loaders import detect, open_checkpoint
-from .loaders.table import check_tensor_names
+from .loaders.table import check_tensor_names, load_params
+from .quantization import get_mode, quantize_model
 from .registry import Architecture, get_architecture
 from .targets import get_target, relax_pipeline
 
@@ -63,16 +64,29 @@ def check_checkpoint_matches(source: ModelSource, arch_name: str) -> None:
                           f"library was built for {arch_name.upper()}; build a library for it")
 
 
-def export(source: ModelSource, quantization: str = "q0f32"):
+def float_config(source: ModelSource, quantization: str):
+    """The source's config with the activation dtype of ``quantization``."""
+    return source.config.replace(dtype=get_mode(quantization).act_dtype)
+
+
+def make_model(source: ModelSource, quantization: str = "q0f32", keep_embedding_head: bool = False):
+    """Return ``(nn.Module, WeightPlan)``: the model with ``quantization`` applied."""
+    mode = get_mode(quantization)
+    model = source.arch.model_cls(float_config(source, quantization))
+    return quantize_model(model, mode, keep_embedding_head)
+
+
+def export(source: ModelSource, quantization: str = "q0f32", keep_embedding_head: bool = False):
     """Return ``(IRModule, param specs {name: (shape, dtype)}, metadata)``."""
-    cfg = source.config
-    model = source.arch.model_cls(cfg)
+    model, _ = make_model(source, quantization, keep_embedding_head)
+    cfg = model.cfg
     mod, named_params = model.export_tvm(spec=model.get_default_spec())
     params = {name: (tuple(int(s) for s in p.shape), p.dtype) for name, p in named_params}
     metadata = {
         "model_type": source.arch.name,
         "model_name": source.name,
         "quantization": quantization,
+        "keep_embedding_head": keep_embedding_head,
         "model_config": cfg.to_dict(),
         "vocab_size": cfg.vocab_size,
         "num_hidden_layers": cfg.n_layer,
@@ -99,6 +113,23 @@ def attach_metadata(mod: tvm.IRModule, metadata: dict) -> tvm.IRModule:
     mod = mod.clone() if hasattr(mod, "clone") else mod
     mod["_metadata"] = bb.finalize()["_metadata"]
     return mod
+
+
+def iter_params(source: ModelSource, quantization: str = "q0f32", keep_embedding_head: bool = False):
+    """Yield ``(name, array)`` for every parameter of the (quantized) model, in model order,
+    reading the checkpoint one tensor at a time."""
+    model, plan = make_model(source, quantization, keep_embedding_head)
+    cfg = float_config(source, quantization)
+    float_model = source.arch.model_cls(cfg)
+    # read everything as fp32 and cast once at the end: quantizing fp16-rounded weights would
+    # round twice
+    specs = {n: (tuple(int(s) for s in p.shape), "float32") for n, p in float_model.named_parameters()}
+    final = {n: p.dtype for n, p in model.named_parameters()}
+    loader = source.arch.loader
+    for name, array in load_params(source.checkpoint, source.layout, loader.source_shapes(cfg),
+                                   loader.param_table(cfg), specs):
+        for out_name, out in plan.apply(name, array):
+            yield out_name, out.astype(final[out_name], copy=False)
 
 
 def compile_module(mod: tvm.IRModule, target: tvm.target.Target):
@@ -130,6 +161,7 @@ def build(model: str, target: str = "llvm", output: str | Path | None = None,
           overrides: dict[str, Any] | None = None) -> Path:
     """Compile ``model`` for ``target`` and write the library. Returns its path."""
     preset = get_target(target)
+    get_mode(quantization)  # an unknown mode fails before any work
     source = resolve_model(model, overrides)
     tvm_target = preset.target(arch)
     mod, _, _ = export(source, quantization)

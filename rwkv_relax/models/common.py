@@ -106,7 +106,9 @@ class Linear(nn.Module):
     Quantization replaces this module wholesale (it is the only quantizable layer type).
     """
 
-    def __init__(self, in_features: int, out_features: int, dtype: str, out_dtype: str | None = None):
+    def __init__(self, in_features: int, out_features: int, dtype: str, out_dtype: str | None = None,
+                 role: str = ""):
+        self.role = role  # "head" lets quantization keep the head unquantized on request
         self.in_features = in_features
         self.out_features = out_features
         self.dtype = dtype
@@ -269,7 +271,7 @@ class RNNLanguageModel(nn.Module):
         self.embeddings = Embedding(cfg.vocab_size, cfg.n_embd, cfg.dtype)
         self.blocks = nn.ModuleList(blocks)
         self.ln_out = LayerNorm(cfg.n_embd, cfg.dtype, cfg.layer_norm_eps)
-        self.head = Linear(cfg.n_embd, cfg.vocab_size, cfg.dtype, out_dtype="float32")
+        self.head = Linear(cfg.n_embd, cfg.vocab_size, cfg.dtype, out_dtype="float32", role="head")
 
     def state_spec(self) -> StateSpec:
         raise NotImplementedError

@@ -17,8 +17,7 @@ from tvm import relax
 from tvm.runtime import ShapeTuple
 
 from ..errors import RWKVRelaxError
-from ..pipeline import check_checkpoint_matches, resolve_model
-from ..loaders import load_params
+from ..pipeline import ModelSource, check_checkpoint_matches, iter_params, resolve_model
 
 _DEVICES = {"cpu": tvm.cpu, "cuda": tvm.cuda, "metal": tvm.metal, "vulkan": tvm.vulkan,
             "opencl": tvm.opencl}
@@ -73,18 +72,17 @@ class CompiledModel:
         if source.checkpoint is None:
             raise RWKVRelaxError(f"{weights} is not a checkpoint; pass the model's weights")
         check_checkpoint_matches(source, md["model_type"])
-        specs = {p["name"]: (tuple(p["shape"]), p["dtype"]) for p in md["params"]}
         built = md["model_config"]
         for key in ("n_layer", "n_embd", "vocab_size", "dim_ffn"):
             if key in built and getattr(source.config, key, built[key]) != built[key]:
                 raise RWKVRelaxError(
                     f"checkpoint {weights} has {key}={getattr(source.config, key)} but the library "
                     f"was built for {key}={built[key]}; build a library for this checkpoint")
-        cfg = source.arch.config_cls.from_dict(built)  # numerics (rescale_every...) as compiled
-        table = source.arch.loader.param_table(cfg)
-        expected = source.arch.loader.source_shapes(cfg)
-        return [tvm.runtime.tensor(arr, self.device)
-                for _, arr in load_params(source.checkpoint, source.layout, expected, table, specs)]
+        # numerics (rescale_every, eps...) as compiled, tensors from the checkpoint
+        as_built = ModelSource(source.arch, source.arch.config_cls.from_dict(built),
+                               source.checkpoint, source.layout)
+        arrays = dict(iter_params(as_built, md["quantization"], md.get("keep_embedding_head", False)))
+        return [tvm.runtime.tensor(arrays.pop(p["name"]), self.device) for p in md["params"]]
 
     # ---- sequences ----------------------------------------------------------------------
     def _new_sequence(self, parent: State | None) -> int:

@@ -1,0 +1,55 @@
+"""Symmetric group quantization along the input dimension (MLC-LLM's ``*_1`` scheme).
+
+A weight W (N, K) is cut into groups of G = 32 consecutive input channels. Per group
+``scale = max|w| / qmax`` with ``qmax = 2**(bits-1) - 1`` and ``q = clip(round(w / scale) + qmax,
+0, 2*qmax)``, stored unsigned; ``w ~= (q - qmax) * scale``. ``32 // bits`` codes are packed into each
+uint32, element k in bits ``(k % per_word) * bits`` of word ``k // per_word``. Scales are stored in
+the activation dtype: q_weight (N, K*bits/32) uint32, q_scale (N, K/G).
+"""
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+
+def qmax(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+def packed_shapes(n: int, k: int, bits: int, group: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    return (n, k * bits // 32), (n, k // group)
+
+
+def quantize(w: np.ndarray, bits: int, group: int, scale_dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """W (N, K) float -> (q_weight uint32 (N, K*bits/32), q_scale (N, K/group))."""
+    n, k = w.shape
+    g = w.astype(np.float32).reshape(n, k // group, group)
+    scale = (np.abs(g).max(axis=2) / qmax(bits)).astype(scale_dtype)
+    s32 = scale.astype(np.float32)[..., None]
+    safe = np.where(s32 == 0, 1.0, s32)  # an all-zero group quantizes to qmax, i.e. exactly 0
+    codes = np.clip(np.rint(g / safe) + qmax(bits), 0, 2 * qmax(bits)).astype(np.uint32).reshape(n, k)
+    per_word = 32 // bits
+    words = codes.reshape(n, k // per_word, per_word) << (np.arange(per_word, dtype=np.uint32) * bits)
+    return np.bitwise_or.reduce(words, axis=2).astype(np.uint32), scale
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, bits: int, group: int) -> np.ndarray:
+    """Numpy twin of the TE dequantization: (q_weight, q_scale) -> W (N, K) float32."""
+    n = q.shape[0]
+    per_word = 32 // bits
+    codes = (q[..., None] >> (np.arange(per_word, dtype=np.uint32) * bits)) & np.uint32(2 ** bits - 1)
+    codes = codes.reshape(n, -1).astype(np.float32) - qmax(bits)
+    k = codes.shape[1]
+    return (codes.reshape(n, k // group, group) * scale.astype(np.float32)[..., None]).reshape(n, k)
+
+
+def te_dequantize(q: te.Tensor, scale: te.Tensor, bits: int, group: int, out_dtype: str) -> te.Tensor:
+    """TE twin of :func:`dequantize`; inlined into the matmul that consumes it."""
+    per_word = 32 // bits
+    mask = tirx.const(2 ** bits - 1, "uint32")
+
+    def f(n, k):
+        code = (q[n, k // per_word] >> ((k % per_word) * bits).astype("uint32")) & mask
+        return ((code.astype("float32") - float(qmax(bits))) * scale[n, k // group].astype("float32")
+                ).astype(out_dtype)
+    return te.compute((q.shape[0], q.shape[1] * per_word), f, name="dequantize")
