@@ -17,7 +17,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", "--device", dest="target", default="llvm",
                    help=f"one of: {', '.join(PRESETS)}")
     p.add_argument("--arch", default=None, help="target arch override (llvm: -mcpu name)")
-    p.add_argument("--quantization", default="q0f32", help="weight quantization mode")
+    p.add_argument("--quantization", default=None,
+                   help="q0f32, q0f16, q4f16_1, q4f32_1, q8f16_1 (default: the model dir's, else q0f32)")
     p.add_argument("--overrides", default=None, help='config overrides, "key=value;key=value"')
     p.add_argument("-o", "--output", default=None, help="library path (default dist/libs/...)")
     return p

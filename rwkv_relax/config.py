@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from .errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+CHAT_CONFIG = "mlc-chat-config.json"  # MLC-LLM model directory config (written by gen_config)
 
 C = TypeVar("C", bound="ConfigBase")
 

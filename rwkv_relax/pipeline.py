@@ -10,7 +10,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
-from .config import read_config_json, read_preset
+from .config import CHAT_CONFIG, read_config_json, read_preset
 from .errors import ConfigError
 from .loaders import detect, open_checkpoint
 from .loaders.table import check_tensor_names, load_params
@@ -22,8 +22,11 @@ from .targets import get_target, relax_pipeline
 class ModelSource:
     """What ``--model`` named: a config (from preset or JSON) and, if given, the checkpoint."""
 
-    def __init__(self, arch: Architecture, config, checkpoint=None, layout: str | None = None):
+    def __init__(self, arch: Architecture, config, checkpoint=None, layout: str | None = None,
+                 quantization: str | None = None, keep_embedding_head: bool = False):
         self.arch, self.config, self.checkpoint, self.layout = arch, config, checkpoint, layout
+        # set when --model is an MLC-style model directory (gen_config's mlc-chat-config.json)
+        self.quantization, self.keep_embedding_head = quantization, keep_embedding_head
 
     @property
     def name(self) -> str:
@@ -42,6 +45,14 @@ def resolve_model(model: str, overrides: dict[str, Any] | None = None) -> ModelS
         data.update(overrides)
         data.setdefault("name", model)
         return ModelSource(arch, arch.config_cls.from_dict(data))
+    if path.is_dir() and (path / CHAT_CONFIG).is_file():
+        data = json.loads((path / CHAT_CONFIG).read_text())
+        arch = get_architecture(data.get("model_type", ""))
+        cfg = dict(data.get("model_config", {}))
+        cfg.update(overrides)
+        cfg.setdefault("name", path.name)
+        return ModelSource(arch, arch.config_cls.from_dict(cfg), quantization=data.get("quantization"),
+                           keep_embedding_head=bool(data.get("keep_embedding_head", False)))
     if path.is_file() and path.suffix == ".json":
         data = read_config_json(path)
         arch = get_architecture(data.get("model_type", ""))
@@ -145,6 +156,9 @@ def atomic_write(path: Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -157,14 +171,21 @@ def default_output(source: ModelSource, quantization: str, target_name: str) -> 
 
 
 def build(model: str, target: str = "llvm", output: str | Path | None = None,
-          quantization: str = "q0f32", arch: str | None = None,
+          quantization: str | None = None, arch: str | None = None,
           overrides: dict[str, Any] | None = None) -> Path:
-    """Compile ``model`` for ``target`` and write the library. Returns its path."""
+    """Compile ``model`` for ``target`` and write the library. Returns its path.
+
+    ``quantization`` defaults to the model directory's (gen_config), else q0f32."""
     preset = get_target(target)
-    get_mode(quantization)  # an unknown mode fails before any work
+    if quantization is not None:
+        get_mode(quantization)  # an unknown mode fails before any work
     source = resolve_model(model, overrides)
+    if source.quantization and quantization and quantization != source.quantization:
+        raise ConfigError(f"{model} was generated for {source.quantization}, not {quantization}; pass "
+                          f"--quantization {source.quantization} or re-run gen_config")
+    quantization = quantization or source.quantization or "q0f32"
     tvm_target = preset.target(arch)
-    mod, _, _ = export(source, quantization)
+    mod, _, _ = export(source, quantization, source.keep_embedding_head)
     ex = compile_module(mod, tvm_target)
     out = Path(output) if output else default_output(source, quantization, target)
     return atomic_write(out, ex.export_library)

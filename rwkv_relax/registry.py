@@ -7,7 +7,9 @@ from typing import Callable
 
 from .config import ConfigBase
 from .errors import ConfigError
+from .loaders import rwkv4 as rwkv4_loader
 from .loaders import rwkv5 as rwkv5_loader
+from .models.rwkv4 import RWKV4, RWKV4Config
 from .models.rwkv5 import RWKV5, RWKV5Config
 
 
@@ -20,6 +22,7 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
+    "rwkv4": Architecture("rwkv4", RWKV4Config, RWKV4, rwkv4_loader),
     "rwkv5": Architecture("rwkv5", RWKV5Config, RWKV5, rwkv5_loader),
 }
 

@@ -207,7 +207,8 @@ class StateSpec:
         return self.names().index(name)
 
     def init_values(self) -> list[Tensor]:
-        return [op.full(shape, rx.const(fill, dtype), dtype) if fill else op.zeros(shape, dtype)
+        # op.full takes the fill as a Python number (it makes the relax constant itself)
+        return [op.full(shape, float(fill), dtype) if fill else op.zeros(shape, dtype)
                 for _, shape, dtype, fill in self.entries]
 
     def to_json(self) -> list[dict]:

@@ -16,6 +16,7 @@ import tvm
 from tvm import relax
 from tvm.runtime import ShapeTuple
 
+from .. import tensor_cache
 from ..errors import RWKVRelaxError
 from ..pipeline import ModelSource, check_checkpoint_matches, iter_params, resolve_model
 
@@ -68,6 +69,13 @@ class CompiledModel:
     # ---- weights ------------------------------------------------------------------------
     def _load_weights(self, weights: str | Path) -> list:
         md = self.metadata
+        if tensor_cache.is_tensor_cache(weights):
+            stored = tensor_cache.read_index(weights)["metadata"]
+            for key in ("model_type", "quantization"):
+                if stored.get(key) != md[key]:
+                    raise RWKVRelaxError(f"params in {weights} are {key}={stored.get(key)}, the library "
+                                         f"is {key}={md[key]}; convert or build to match")
+            return tensor_cache.load(weights, md["params"], self.device)
         source = resolve_model(str(weights))
         if source.checkpoint is None:
             raise RWKVRelaxError(f"{weights} is not a checkpoint; pass the model's weights")

@@ -1,0 +1,100 @@
+"""Parameters on disk in MLC-LLM's tensor-cache format (``tensor-cache.json`` +
+``params_shard_*.bin``), written through ``tvm.contrib.tvmjs`` and verified on load."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .errors import RWKVRelaxError
+
+CACHE_JSON = "tensor-cache.json"
+
+
+class TensorCacheError(RWKVRelaxError):
+    """A params directory that is incomplete, corrupt or for another model."""
+
+
+def is_tensor_cache(path: str | Path) -> bool:
+    return (Path(path) / CACHE_JSON).is_file()
+
+
+def _progress(items: Iterable, total: int, label: str) -> Iterator:
+    """A one-line progress bar on stderr (only when it is a terminal)."""
+    tty = sys.stderr.isatty()
+    t0 = time.perf_counter()
+    for i, item in enumerate(items, 1):
+        if tty:
+            done = int(30 * i / max(total, 1))
+            sys.stderr.write(f"\r{label} [{'#' * done}{'.' * (30 - done)}] {i}/{total} "
+                             f"{time.perf_counter() - t0:.0f}s")
+            sys.stderr.flush()
+        yield item
+    if tty:
+        sys.stderr.write("\n")
+
+
+def write(params: Iterable[tuple[str, np.ndarray]], out_dir: Path, total: int, metadata: dict,
+          shard_cap_mb: int = 32) -> None:
+    """Stream ``params`` into a tensor cache in ``out_dir`` (raw encoding: bytes kept exactly)."""
+    from tvm.contrib import tvmjs
+    with contextlib.redirect_stdout(io.StringIO()):  # tvmjs prints its own chatter
+        tvmjs.dump_tensor_cache(_progress(params, total, "converting"), str(out_dir),
+                                encode_format="raw", meta_data=metadata,
+                                shard_cap_mb=shard_cap_mb, show_progress=False)
+
+
+def read_index(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return json.loads((path / CACHE_JSON).read_text())
+    except FileNotFoundError:
+        raise TensorCacheError(f"{path} has no {CACHE_JSON}; convert weights with "
+                               "python -m rwkv_relax.convert_weight") from None
+    except json.JSONDecodeError as err:
+        raise TensorCacheError(f"{path / CACHE_JSON} is corrupt ({err}); re-run convert_weight") from None
+
+
+def verify(path: str | Path) -> dict:
+    """Check every shard's size and md5 against the index; return the index."""
+    path = Path(path)
+    index = read_index(path)
+    for shard in index["records"]:
+        f = path / shard["dataPath"]
+        if not f.is_file():
+            raise TensorCacheError(f"params shard {f} is missing; re-run convert_weight")
+        size = f.stat().st_size
+        if size != shard["nbytes"]:
+            raise TensorCacheError(f"params shard {f} has {size} bytes, the index says {shard['nbytes']} "
+                                   "(truncated or replaced); re-run convert_weight")
+        digest = hashlib.md5(f.read_bytes()).hexdigest()
+        if shard.get("md5sum") and digest != shard["md5sum"]:
+            raise TensorCacheError(f"params shard {f} fails its md5 check (corrupt); re-run convert_weight")
+    return index
+
+
+def load(path: str | Path, expected: list[dict], device) -> list:
+    """Load and verify a tensor cache; return tensors in the order of ``expected``
+    (``[{"name", "shape", "dtype"}]``, the library's parameter list)."""
+    from tvm.contrib import tvmjs
+    path = Path(path)
+    index = verify(path)
+    stored = {r["name"]: r for shard in index["records"] for r in shard["records"]}
+    for p in expected:
+        rec = stored.get(p["name"])
+        if rec is None:
+            raise TensorCacheError(f"{path} lacks parameter '{p['name']}'; the weights were converted "
+                                   "for another model or quantization")
+        if list(rec["shape"]) != list(p["shape"]) or rec["dtype"] != p["dtype"]:
+            raise TensorCacheError(
+                f"{path}: parameter '{p['name']}' is {rec['dtype']}{rec['shape']}, the library wants "
+                f"{p['dtype']}{p['shape']}; convert with the library's quantization")
+    tensors, _ = tvmjs.load_tensor_cache(str(path), device)
+    return [tensors[p["name"]] for p in expected]
