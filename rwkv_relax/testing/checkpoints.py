@@ -90,7 +90,7 @@ def rwkv5_tensors(n_layer: int = 2, n_embd: int = 128, vocab_size: int = 1024, h
 
 # Every LARGE_KEY_EVERY-th key channel gets LARGE_KEY_GAIN times the usual key weights, so that some
 # k reach ~100: past float32's exp limit (88.7), where only WKV4's max trick keeps a / b finite.
-LARGE_KEY_EVERY, LARGE_KEY_GAIN = 8, 60.0
+LARGE_KEY_EVERY, LARGE_KEY_GAIN = 8, 80.0
 
 
 def rwkv4_tensors(n_layer: int = 2, n_embd: int = 128, vocab_size: int = 1024, dim_att: int | None = None,

@@ -1,0 +1,484 @@
+"""Tokenizers for RWKV models: the World vocabulary and Hugging Face ``tokenizer.json`` files.
+
+``WorldTokenizer`` reproduces ChatRWKV's ``rwkv.rwkv_tokenizer.TRIE_TOKENIZER`` id for id: the
+input is UTF-8 bytes, and from each position the longest vocabulary token that is a prefix of the
+rest is taken (greedy, no merges, no normalisation). It is faster because no Python code runs per
+byte:
+
+* the trie is compiled into one ``re`` pattern (greedy-optional branches, deepest first), so the
+  C regex engine finds each longest match;
+* the input is first cut where no token can span: between two bytes ``a b`` such that no
+  vocabulary token contains ``a b``. Every greedy token boundary falls on those cuts, so each piece
+  tokenizes independently; pieces repeat (words, punctuation) and their ids are cached.
+
+``HFTokenizer`` wraps the ``tokenizers`` package for the GPT-NeoX style ``tokenizer.json`` of
+RWKV-4 Pile / Raven models. Both give ``encode``, ``decode`` (bytes), ``decode_text`` and
+``stream()``; ``load_tokenizer`` picks one from a path.
+"""
+from __future__ import annotations
+
+import ast
+import codecs
+import functools
+import importlib.util
+import itertools
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .errors import RWKVRelaxError
+
+EOS_ID = 0  # end-of-text in RWKV vocabularies; the World vocab file has no line for it
+WORLD_VOCAB_NAME = "rwkv_vocab_v20230424.txt"
+HF_TOKENIZER_NAME = "tokenizer.json"
+
+
+class TokenizerError(RWKVRelaxError):
+    """A vocabulary file that is missing or malformed, or text/ids the vocabulary cannot represent."""
+
+
+def default_world_vocab() -> Path | None:
+    """The World vocab file shipped inside the ``rwkv`` package, or None if it is not installed.
+
+    Only tests and tools use this: the package itself never needs ``rwkv`` at runtime.
+    """
+    spec = importlib.util.find_spec("rwkv")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / WORLD_VOCAB_NAME
+        if path.is_file():
+            return path
+    return None
+
+
+# ---- streaming ------------------------------------------------------------------------------
+
+class StreamDecoder:
+    """Turns ids into text one at a time, holding back an incomplete UTF-8 sequence.
+
+    ``put(id)`` returns the text that is complete so far (often ``""`` while a multi-byte character
+    is split over tokens); invalid bytes come out as U+FFFD at once, as in ``decode_text``.
+    ``flush()`` ends the stream: a still-incomplete sequence becomes U+FFFD. The concatenation of
+    all returned strings equals ``decode_text(all ids)``.
+    """
+
+    def __init__(self, token_bytes: Callable[[int], bytes]):
+        self._token_bytes = token_bytes
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def put(self, token_id: int) -> str:
+        return self._utf8.decode(self._token_bytes(token_id))
+
+    def flush(self) -> str:
+        text = self._utf8.decode(b"", final=True)
+        self._utf8.reset()
+        return text
+
+
+# ---- World vocabulary -----------------------------------------------------------------------
+
+def read_world_vocab(path: str | Path) -> dict[int, bytes]:
+    """Parse a World vocab file: lines ``<id> <python str or bytes literal> <byte length>``.
+
+    Literals go through ``ast.literal_eval`` (never ``eval``); str tokens are UTF-8 encoded and the
+    byte count must match the last field. CRLF line ends and blank lines are accepted. Errors name
+    the file and 1-based line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TokenizerError(f"{path}: World vocab file not found")
+    tokens: dict[int, bytes] = {}
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+
+            def bad(why: str) -> TokenizerError:
+                return TokenizerError(f"{path}:{lineno}: {why} in {line[:80]!r}; expected "
+                                      "'<id> <str or bytes literal> <byte length>'")
+
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise bad("line is not UTF-8") from None
+            first, last = text.find(" "), text.rfind(" ")
+            if first < 0 or first == last:
+                raise bad("fewer than 3 fields")
+            try:
+                token_id, length = int(text[:first]), int(text[last + 1:])
+            except ValueError:
+                raise bad("id or byte length is not an integer") from None
+            literal = text[first + 1:last].strip()
+            if _is_plain_str_literal(literal):
+                token = literal[1:-1]  # what literal_eval returns, ~50x faster
+            else:
+                try:
+                    token = ast.literal_eval(literal)
+                except (ValueError, SyntaxError, MemoryError, RecursionError):
+                    raise bad("token is not a Python literal") from None
+            if isinstance(token, str):
+                token = token.encode("utf-8", errors="surrogatepass")
+            if not isinstance(token, bytes):
+                raise bad(f"token literal is a {type(token).__name__}, not str or bytes")
+            if not token:
+                raise bad("empty token")
+            if len(token) != length:
+                raise bad(f"token is {len(token)} bytes, the line says {length}")
+            if token_id <= EOS_ID:
+                raise bad(f"id {token_id} is not positive (0 is end-of-text)")
+            if token_id in tokens:
+                raise bad(f"duplicate id {token_id}")
+            tokens[token_id] = token
+    if not tokens:
+        raise TokenizerError(f"{path}: World vocab file has no tokens")
+    return tokens
+
+
+def _is_plain_str_literal(literal: str) -> bool:
+    """'...' or "..." with no escapes and no inner quote: its value is the text between quotes."""
+    quote = literal[:1]
+    return (len(literal) >= 2 and quote in ("'", '"') and literal[-1] == quote
+            and not any(c in literal[1:-1] for c in (quote, "\\", "\r", "\n", "\0")))
+
+
+def _trie_pattern(tokens: Iterable[bytes]) -> bytes:
+    """A regex whose leftmost match at a position is the longest token starting there.
+
+    Each trie node becomes ``(?:child1...|child2...|)``: alternatives are tried in order and each
+    consumes a different first byte, so the engine walks the single trie path, deepest match
+    first, and backtracks to the nearest token (the trailing empty alternative) only when the
+    path dies -- exactly TRIE_TOKENIZER's ``find_longest``. Leaf children are merged into one
+    character class and tried first; larger subtrees come before smaller ones, which puts common
+    continuations early in the engine's linear scan over alternatives.
+    """
+    root: dict = {}
+    for token in tokens:
+        node = root
+        for byte in token:
+            node = node.setdefault(byte, {})
+        node[None] = None  # marks "a token ends here"
+
+    sizes: dict[int, int] = {}
+
+    def size(node: dict) -> int:  # tokens in the subtree, memoised by node identity
+        key = id(node)
+        if key not in sizes:
+            sizes[key] = (None in node) + sum(size(c) for b, c in node.items() if b is not None)
+        return sizes[key]
+
+    def lit(byte: int) -> bytes:
+        return bytes([byte]) if byte >= 0x80 or chr(byte).isalnum() else b"\\x%02x" % byte
+
+    def alternatives(node: dict) -> list[bytes]:
+        children = [b for b in node if b is not None]
+        leaves = sorted(b for b in children if len(node[b]) == 1 and None in node[b])
+        inner = sorted((b for b in children if b not in leaves), key=lambda b: (-size(node[b]), b))
+        alts = []
+        if leaves:
+            alts.append(b"[" + b"".join(map(lit, leaves)) + b"]" if len(leaves) > 1 else lit(leaves[0]))
+        for byte in inner:
+            child = node[byte]
+            rest = alternatives(child)
+            if None in child:  # a token ends at child: the empty alternative lets the path stop
+                alts.append(lit(byte) + b"(?:" + b"|".join(rest) + b"|)")
+            elif len(rest) == 1:  # a single way on: no group needed
+                alts.append(lit(byte) + rest[0])
+            else:
+                alts.append(lit(byte) + b"(?:" + b"|".join(rest) + b")")
+        return alts
+
+    return b"|".join(alternatives(root))
+
+
+@functools.lru_cache(maxsize=4)
+def _compile_trie(tokens: tuple[bytes, ...]) -> re.Pattern:
+    """The compiled :func:`_trie_pattern` (about a second); kept for other tokenizers of the same
+    vocabulary."""
+    # the pattern builder and sre's parser recurse a few frames per trie level (token byte)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 8 * max(map(len, tokens)) + 1000))
+    try:
+        return re.compile(_trie_pattern(tokens))
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+_SEGMENT_CACHE_MAX = 1 << 16  # pieces remembered by one tokenizer (then the cache is cleared)
+_SEGMENT_CACHE_MAX_LEN = 64   # longer pieces are tokenized every time, not remembered
+_SEGMENT_MIN_INPUT = 256      # shorter inputs skip the numpy segmentation (fixed cost ~10 us)
+
+
+class _SegmentCache(dict):
+    """bytes piece -> tuple of ids; ``__missing__`` tokenizes and remembers short pieces."""
+
+    def __init__(self, tokenize: Callable[[bytes], tuple[int, ...]]):
+        super().__init__()
+        self._tokenize = tokenize
+
+    def __missing__(self, piece: bytes) -> tuple[int, ...]:
+        ids = self._tokenize(piece)
+        if len(piece) <= _SEGMENT_CACHE_MAX_LEN:
+            if len(self) >= _SEGMENT_CACHE_MAX:
+                self.clear()
+            self[piece] = ids
+        return ids
+
+
+class WorldTokenizer:
+    """The RWKV World tokenizer (``rwkv_vocab_v20230424.txt``), id-for-id equal to TRIE_TOKENIZER.
+
+    ``encode`` takes str (UTF-8 encoded) or bytes (any bytes: every single byte is a token in the
+    shipped vocab); ``decode`` returns bytes, ``decode_text`` a str with U+FFFD for invalid UTF-8.
+    If two ids carry the same bytes, encoding gives the later one, as TRIE_TOKENIZER does.
+    """
+
+    eos_id = EOS_ID
+
+    def __init__(self, vocab_path: str | Path):
+        self.path = Path(vocab_path)
+        vocab = read_world_vocab(self.path)
+        self._id_to_bytes: list[bytes | None] = [None] * (max(vocab) + 1)
+        self._id_to_bytes[EOS_ID] = b""
+        for token_id, token in vocab.items():
+            self._id_to_bytes[token_id] = token
+        # file order, later ids overwriting earlier ones: TRIE_TOKENIZER's token2idx
+        self._bytes_to_id = {token: token_id for token_id, token in vocab.items()}
+
+        self._regex = _compile_trie(tuple(self._bytes_to_id))
+
+        # inside[a << 8 | b]: some token contains the byte pair a b; elsewhere no token spans
+        joined = np.frombuffer(b"".join(self._bytes_to_id), dtype=np.uint8).astype(np.int32)
+        pair = (joined[:-1] << 8) | joined[1:]
+        last_bytes = np.cumsum([len(t) for t in self._bytes_to_id]) - 1  # pairs across two tokens
+        self._inside_pair = np.zeros(1 << 16, dtype=bool)
+        self._inside_pair[np.delete(pair, last_bytes[:-1])] = True
+        self._pieces = _SegmentCache(self._encode_piece)
+
+    @property
+    def vocab_size(self) -> int:
+        """Largest id + 1 (the embedding needs at least this many rows)."""
+        return len(self._id_to_bytes)
+
+    def id_to_token(self, token_id: int) -> bytes:
+        """The bytes of one id (``b""`` for end-of-text)."""
+        return self.decode([token_id])
+
+    # ---- encode --------------------------------------------------------------------------
+    def encode(self, text: str | bytes) -> list[int]:
+        """Token ids of ``text`` (str is UTF-8 encoded; bytes are taken as they are)."""
+        data = _as_bytes(text)
+        if len(data) < _SEGMENT_MIN_INPUT:
+            return list(self._encode_piece(data))
+        # cut between bytes a b where no token contains "a b": greedy matches never cross a cut
+        a = np.frombuffer(data, dtype=np.uint8).astype(np.int32)
+        cuts = (np.flatnonzero(~self._inside_pair[(a[:-1] << 8) | a[1:]]) + 1).tolist()
+        pieces = map(data.__getitem__, map(slice, [0, *cuts], [*cuts, len(data)]))
+        return list(itertools.chain.from_iterable(map(self._pieces.__getitem__, pieces)))
+
+    def _encode_piece(self, data: bytes) -> tuple[int, ...]:
+        matches = self._regex.findall(data)
+        if sum(map(len, matches)) != len(data):  # findall skipped a byte no token starts with
+            self._raise_unencodable(data)
+        return tuple(map(self._bytes_to_id.__getitem__, matches))
+
+    def _raise_unencodable(self, data: bytes):
+        pos = 0
+        while pos < len(data):
+            match = self._regex.match(data, pos)
+            if match is None:
+                raise TokenizerError(f"byte 0x{data[pos]:02x} at offset {pos} starts no token of "
+                                     f"{self.path}; this vocabulary cannot encode it")
+            pos = match.end()
+        raise AssertionError("unreachable: every position matched")
+
+    # ---- decode --------------------------------------------------------------------------
+    def decode(self, ids: Iterable[int]) -> bytes:
+        """The bytes of ``ids`` joined; end-of-text (0) decodes to nothing."""
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+        if ids and min(ids) < 0:
+            self._raise_bad_id(ids)
+        try:
+            return b"".join(map(self._id_to_bytes.__getitem__, ids))
+        except (IndexError, TypeError):
+            self._raise_bad_id(ids)
+
+    def decode_text(self, ids: Iterable[int]) -> str:
+        """``decode`` as str; invalid UTF-8 becomes U+FFFD."""
+        return self.decode(ids).decode("utf-8", errors="replace")
+
+    def stream(self) -> StreamDecoder:
+        """A fresh :class:`StreamDecoder` over this vocabulary."""
+        return StreamDecoder(self.id_to_token)
+
+    def _raise_bad_id(self, ids: list) -> None:
+        for token_id in ids:
+            if not 0 <= token_id < len(self._id_to_bytes) or self._id_to_bytes[token_id] is None:
+                raise TokenizerError(f"token id {token_id} is not in {self.path} "
+                                     f"(ids 0..{len(self._id_to_bytes) - 1})")
+        raise AssertionError("unreachable: all ids valid")
+
+
+def _as_bytes(text: str | bytes) -> bytes:
+    if isinstance(text, str):
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise TokenizerError(f"text has an unpaired surrogate at index {e.start}, which UTF-8 "
+                                 "cannot encode; pass bytes to encode arbitrary data") from None
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        return bytes(text)
+    raise TypeError(f"encode takes str or bytes, not {type(text).__name__}")
+
+
+# ---- Hugging Face tokenizer.json --------------------------------------------------------------
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte, inverted: char -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+def _uses_byte_level_decoder(decoder: dict | None) -> bool:
+    if not decoder:
+        return False
+    if decoder.get("type") == "Sequence":
+        return any(_uses_byte_level_decoder(d) for d in decoder.get("decoders", []))
+    return decoder.get("type") == "ByteLevel"
+
+
+class _TextDiffStream:
+    """Streaming for decoders that are not byte-level (WordPiece, Metaspace, ...): decode a short
+    window of recent ids and emit what grew, so word joining follows the tokenizer's decoder."""
+
+    def __init__(self, decode_text: Callable[[list[int]], str]):
+        self._decode_text = decode_text
+        self._ids: list[int] = []
+        self._prefix = 0  # ids[_prefix:_read] were emitted already and give context
+        self._read = 0
+
+    def put(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        before = self._decode_text(self._ids[self._prefix:self._read])
+        after = self._decode_text(self._ids[self._prefix:])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        return after[len(before):]
+
+    def flush(self) -> str:
+        before = self._decode_text(self._ids[self._prefix:self._read])
+        after = self._decode_text(self._ids[self._prefix:])
+        self._ids, self._prefix, self._read = [], 0, 0
+        return after[len(before):]
+
+
+class HFTokenizer:
+    """A Hugging Face ``tokenizer.json`` (GPT-NeoX 20B for RWKV-4 Pile / Raven) behind the same
+    interface as :class:`WorldTokenizer`.
+
+    ``encode`` adds no special tokens. ``decode`` returns bytes: for byte-level BPE the exact bytes
+    of each token (so streams can split UTF-8 characters), otherwise the decoder's text as UTF-8.
+    Special added tokens (e.g. ``<|endoftext|>``) decode to nothing.
+    """
+
+    def __init__(self, tokenizer_json_path: str | Path):
+        self.path = Path(tokenizer_json_path)
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise TokenizerError(f"{self.path}: reading tokenizer.json needs the 'tokenizers' "
+                                 "package; pip install tokenizers") from None
+        if not self.path.is_file():
+            raise TokenizerError(f"{self.path}: tokenizer file not found")
+        try:
+            spec = json.loads(self.path.read_text(encoding="utf-8"))
+            self._tok = Tokenizer.from_str(json.dumps(spec))
+        except Exception as e:  # json, UnicodeDecodeError, tokenizers' own exception type
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TokenizerError(f"{self.path}: not a valid tokenizer.json ({first})") from None
+        self._special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+        self._byte_level = _uses_byte_level_decoder(spec.get("decoder"))
+        self._alphabet = _byte_level_alphabet()
+        eos = self._tok.token_to_id("<|endoftext|>")
+        self.eos_id = EOS_ID if eos is None else eos
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str | bytes) -> list[int]:
+        if not isinstance(text, str):
+            try:
+                text = _as_bytes(text).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TokenizerError(f"{self.path}: Hugging Face tokenizers take text; these bytes are "
+                                     f"not UTF-8 (offset {e.start})") from None
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def id_to_token(self, token_id: int) -> bytes:
+        """The bytes of one id (special tokens: ``b""``)."""
+        token_id = int(token_id)
+        token = self._tok.id_to_token(token_id)
+        if token is None:
+            raise TokenizerError(f"token id {token_id} is not in {self.path} "
+                                 f"(vocab size {self.vocab_size})")
+        if token_id in self._special:
+            return b""
+        if self._byte_level and all(ch in self._alphabet for ch in token):
+            return bytes(self._alphabet[ch] for ch in token)
+        return token.encode("utf-8")
+
+    def decode(self, ids: Iterable[int]) -> bytes:
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+        if self._byte_level:
+            return b"".join(map(self.id_to_token, ids))
+        for token_id in ids:
+            self.id_to_token(token_id)  # range check with a clear error
+        return self._tok.decode(ids, skip_special_tokens=True).encode("utf-8")
+
+    def decode_text(self, ids: Iterable[int]) -> str:
+        return self.decode(ids).decode("utf-8", errors="replace")
+
+    def stream(self) -> StreamDecoder | _TextDiffStream:
+        if self._byte_level:
+            return StreamDecoder(self.id_to_token)
+        return _TextDiffStream(self.decode_text)
+
+
+Tokenizer = WorldTokenizer | HFTokenizer
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A World vocab ``.txt`` -> WorldTokenizer; a ``tokenizer.json`` -> HFTokenizer; a folder ->
+    whichever one of ``tokenizer.json`` / ``*vocab*.txt`` it holds."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.is_file() and (
+            p.name == HF_TOKENIZER_NAME or (p.suffix == ".txt" and "vocab" in p.name)))
+        if len(found) != 1:
+            what = "none" if not found else ", ".join(p.name for p in found)
+            raise TokenizerError(f"{path}: expected exactly one of {HF_TOKENIZER_NAME} or a World "
+                                 f"'*vocab*.txt' file in the folder; found {what}")
+        path = found[0]
+    if not path.exists():
+        raise TokenizerError(f"{path}: tokenizer file not found")
+    if path.suffix == ".txt":
+        return WorldTokenizer(path)
+    if path.suffix == ".json":
+        return HFTokenizer(path)
+    raise TokenizerError(f"{path}: unknown tokenizer file; expected a World vocab .txt "
+                         f"(like {WORLD_VOCAB_NAME}) or a {HF_TOKENIZER_NAME}")

@@ -1,0 +1,191 @@
+"""Quantization: the packed format, the compiled kernels against a float64 model on the
+de-quantized weights, quality bounds, sizes on disk, conversion memory and bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tvm
+
+from rwkv_relax import RWKVRelaxError, load_model
+from rwkv_relax.convert_weight import convert
+from rwkv_relax.convert_weight import main as convert_main
+from rwkv_relax.quality import compare, position_logits
+from rwkv_relax.quantization import MODES, get_mode
+from rwkv_relax.quantization import group_quant as gq
+from rwkv_relax.testing.checkpoints import rwkv5_tensors, write_checkpoint
+from rwkv_relax.testing.numpy_model import NumpyRWKV, dequantized_params
+
+SHAPE = dict(n_layer=2, n_embd=192, vocab_size=1536, head_size=64, dim_ffn=672, seed=11)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_group_quant_roundtrip_and_packing(rng, bits):
+    w = rng.standard_normal((48, 96)).astype(np.float32) * rng.uniform(0.01, 3, (48, 1)).astype(np.float32)
+    w[3, :32] = 0  # an all-zero group must come back as zeros
+    q, s = gq.quantize(w, bits, 32, "float32", rows_per_chunk=7)
+    assert q.dtype == np.uint32 and q.shape == (48, 96 * bits // 32) and s.shape == (48, 3)
+    back = gq.dequantize(q, s, bits, 32)
+    step = np.repeat(s, 32, axis=1)
+    assert np.all(np.abs(back - w) <= step / 2 + 1e-6)
+    assert np.all(back[3, :32] == 0)
+    # codes are unsigned in [0, 2 * qmax]: the top code (2**bits - 1) is never produced
+    codes = (q[..., None] >> (np.arange(32 // bits, dtype=np.uint32) * bits)) & (2 ** bits - 1)
+    assert codes.max() <= 2 * gq.qmax(bits)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_te_dequantize_matches_numpy(rng, bits):
+    from tvm import te
+    n, k = 40, 64
+    q, s = gq.quantize(rng.standard_normal((n, k)).astype(np.float32), bits, 32, "float16")
+    qt = te.placeholder(q.shape, "uint32", name="q")
+    st = te.placeholder(s.shape, "float16", name="s")
+    out = gq.te_dequantize(qt, st, bits, 32, "float32")
+    f = tvm.compile(te.create_prim_func([qt, st, out]), target="llvm")
+    res = tvm.runtime.empty((n, k), "float32", tvm.cpu())
+    f(tvm.runtime.tensor(q), tvm.runtime.tensor(s), res)
+    np.testing.assert_array_equal(res.numpy(), gq.dequantize(q, s, bits, 32))
+
+
+@pytest.fixture(scope="module")
+def ckpt(factory):
+    return factory.checkpoint("rwkv5", "quant", **SHAPE)
+
+
+# fp32 modes: float rounding only. fp16 modes: activations are rounded to fp16 (2**-11 relative)
+# at every layer boundary and projection output, so logits move by a few 1e-4 of their scale.
+TOLERANCE = {"float32": 2e-5, "float16": 3e-3}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_compiled_matches_float64_model_on_dequantized_weights(factory, ckpt, rng, mode):
+    model = load_model(factory.library(ckpt, quantization=mode), ckpt)
+    params = {p["name"]: t.numpy() for p, t in zip(model.metadata["params"], model.params)}
+    if get_mode(mode).quantized:
+        assert any(n.endswith("q_weight") for n in params)
+        assert "blocks.0.att.time_decay" in params and params["blocks.0.att.time_decay"].dtype == np.float32
+    ref = NumpyRWKV("rwkv5", model.metadata["model_config"],
+                    dequantized_params(params, get_mode(mode).weight_bits))
+    tokens = rng.integers(0, SHAPE["vocab_size"], 40)
+    theirs, rstate, _ = ref.forward(tokens)
+    ours, state = model.prefill(tokens)
+    scale = np.abs(theirs).max()
+    assert np.abs(ours - theirs).max() <= TOLERANCE[get_mode(mode).act_dtype] * scale
+    token = int(rng.integers(SHAPE["vocab_size"]))
+    np.testing.assert_allclose(model.decode(token, state)[0], ref.forward([token], rstate)[0],
+                               atol=TOLERANCE[get_mode(mode).act_dtype] * scale, rtol=0)
+
+
+# Bounds on random-weight models (the worst case for group quantization: Gaussian weights have
+# no outliers to waste range on, but also no structure; logits of random models are flat, so
+# top-1 flips easily). 8-bit noise is ~1/250 of each group's range; 4-bit ~1/14.
+QUALITY_BOUNDS = {"q0f16": (1e-4, 0.98), "q8f16_1": (2e-3, 0.95),
+                  "q4f32_1": (0.15, 0.6), "q4f16_1": (0.15, 0.6)}
+
+
+def test_quality_against_fp32(factory, ckpt):
+    base = load_model(factory.library(ckpt, quantization="q0f32"), ckpt)
+    tokens = np.random.default_rng(3).integers(0, SHAPE["vocab_size"], 256)
+    ref = position_logits(base, tokens)
+    results = {}
+    for mode, (max_kl, min_top1) in QUALITY_BOUNDS.items():
+        r = compare(ref, position_logits(load_model(factory.library(ckpt, quantization=mode), ckpt), tokens))
+        results[mode] = r
+        assert r["finite"] and r["mean_kl"] <= max_kl and r["top1"] >= min_top1, (mode, r)
+    # more bits, less damage
+    assert results["q8f16_1"]["mean_kl"] < results["q4f16_1"]["mean_kl"] / 10
+
+
+def shard_bytes(path):
+    return sum(f.stat().st_size for f in path.glob("params_shard_*.bin"))
+
+
+def test_sizes_on_disk(tmp_path):
+    p = write_checkpoint(rwkv5_tensors(n_layer=2, n_embd=256, vocab_size=4096, seed=2), tmp_path / "m.pth")
+    sizes = {m: shard_bytes(convert(str(p), m, tmp_path / m)) for m in ("q0f16", "q4f16_1", "q8f16_1")}
+    assert sizes["q4f16_1"] <= 0.30 * sizes["q0f16"], sizes
+    assert sizes["q8f16_1"] <= 0.55 * sizes["q0f16"], sizes
+    meta = json.loads((tmp_path / "q4f16_1" / "tensor-cache.json").read_text())["metadata"]
+    assert meta["quantization"] == "q4f16_1" and meta["model_type"] == "rwkv5"
+
+
+def test_converted_params_load_and_match(factory, ckpt, tmp_path, rng):
+    lib = factory.library(ckpt, quantization="q4f16_1")
+    params_dir = convert(str(ckpt), "q4f16_1", tmp_path / "params")
+    tokens = rng.integers(0, SHAPE["vocab_size"], 20)
+    a = load_model(lib, params_dir).prefill(tokens)[0]
+    b = load_model(lib, ckpt).prefill(tokens)[0]
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(RWKVRelaxError, match="quantization=q4f16_1, the library is quantization=q0f32"):
+        load_model(factory.library(ckpt, quantization="q0f32"), params_dir)
+
+
+def test_corrupt_and_truncated_shards(factory, ckpt, tmp_path):
+    lib = factory.library(ckpt, quantization="q8f16_1")
+    params_dir = convert(str(ckpt), "q8f16_1", tmp_path / "params", shard_cap_mb=1)
+    shard = sorted(params_dir.glob("params_shard_*.bin"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(RWKVRelaxError, match="md5"):
+        load_model(lib, params_dir)
+    shard.write_bytes(bytes(data[:-100]))
+    with pytest.raises(RWKVRelaxError, match="truncated"):
+        load_model(lib, params_dir)
+
+
+def test_convert_bad_input_leaves_nothing(tmp_path, capsys):
+    t = rwkv5_tensors(n_layer=2, n_embd=128, vocab_size=1024)
+    good = write_checkpoint(t, tmp_path / "good.pth")
+    assert convert_main([str(good), "--quantization", "q5f16", "-o", str(tmp_path / "o1")]) == 2
+    assert "unknown quantization 'q5f16'" in capsys.readouterr().err
+    t["blocks.1.ffn.value.weight"][0, 0] = np.inf
+    bad = write_checkpoint(t, tmp_path / "bad.pth")
+    assert convert_main([str(bad), "--quantization", "q4f16_1", "-o", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NaN or Inf" in err[0] and "blocks.1.ffn.value.weight" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth", "good.pth"]
+
+
+MEMORY_PROBE = textwrap.dedent("""
+    import sys, threading, time
+    from rwkv_relax.convert_weight import convert
+    import rwkv_relax.pipeline  # import everything before the baseline
+    def anon_mib():
+        s = open("/proc/self/status").read()
+        return int(s.split("RssAnon:")[1].split()[0]) / 1024
+    base, peak, done = anon_mib(), [0.0], []
+    def sample():
+        while not done:
+            peak[0] = max(peak[0], anon_mib())
+            time.sleep(0.001)
+    th = threading.Thread(target=sample)
+    th.start()
+    convert(sys.argv[1], sys.argv[2], sys.argv[3], shard_cap_mb=32)
+    done.append(1)
+    th.join()
+    print(peak[0] - base)
+""")
+
+
+@pytest.fixture(scope="module")
+def big_checkpoint(tmp_path_factory):
+    return write_checkpoint(rwkv5_tensors(n_layer=12, n_embd=768, vocab_size=65536),
+                            tmp_path_factory.mktemp("big") / "big.pth")
+
+
+@pytest.mark.parametrize("mode", ["q4f16_1", "q0f32"])
+def test_conversion_memory_stays_near_one_tensor(big_checkpoint, tmp_path, mode):
+    """Anonymous memory (what the process allocates; the mmapped checkpoint's pages are page cache)
+    grows by less than 2x the largest tensor plus one 32 MiB shard."""
+    ckpt = big_checkpoint
+    largest_mib = 65536 * 768 * 4 / 2**20
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(ckpt), mode, str(tmp_path / "out")],
+                         check=True, capture_output=True, text=True)
+    grown = float(out.stdout.strip().splitlines()[-1])
+    assert grown < 2 * largest_mib + 32, f"anonymous memory grew {grown:.0f} MiB"

@@ -1,0 +1,42 @@
+"""Quality cost of each quantization mode against fp32, on one checkpoint.
+
+    python tools/quant_quality.py [--checkpoint model.pth] [--positions 256]
+
+Prints mean/max KL divergence and top-1 agreement over teacher-forced positions.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="default: a random RWKV-5 (2 x 256, vocab 4096)")
+    p.add_argument("--positions", type=int, default=256)
+    p.add_argument("--modes", default="q0f16,q8f16_1,q4f32_1,q4f16_1")
+    args = p.parse_args(argv)
+    from rwkv_relax import load_model
+    from rwkv_relax.pipeline import build
+    from rwkv_relax.quality import compare, position_logits
+    from rwkv_relax.testing import checkpoints
+    work = Path(tempfile.mkdtemp(prefix="rwkv_quality_"))
+    ckpt = args.checkpoint or checkpoints.write_checkpoint(
+        checkpoints.rwkv5_tensors(n_layer=2, n_embd=256, vocab_size=4096), work / "model.pth")
+    base = load_model(build(str(ckpt), output=work / "q0f32.so", quantization="q0f32"), ckpt)
+    tokens = np.random.default_rng(0).integers(0, base.vocab_size, args.positions)
+    ref = position_logits(base, tokens)
+    print(f"{'mode':10s} {'mean KL':>10s} {'max KL':>10s} {'top-1':>7s}")
+    for mode in args.modes.split(","):
+        model = load_model(build(str(ckpt), output=work / f"{mode}.so", quantization=mode), ckpt)
+        r = compare(ref, position_logits(model, tokens))
+        print(f"{mode:10s} {r['mean_kl']:10.5f} {r['max_kl']:10.5f} {r['top1']:7.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
