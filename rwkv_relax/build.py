@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from .cli import one_line_errors, parse_overrides
+from .cli import add_config_flags, config_overrides, one_line_errors
 
 
 def parser() -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None, help="target arch override (llvm: -mcpu name)")
     p.add_argument("--quantization", default=None,
                    help="q0f32, q0f16, q4f16_1, q4f32_1, q8f16_1 (default: the model dir's, else q0f32)")
-    p.add_argument("--overrides", default=None, help='config overrides, "key=value;key=value"')
+    add_config_flags(p)
     p.add_argument("-o", "--output", default=None, help="library path (default dist/libs/...)")
     return p
 
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     t0 = time.perf_counter()
     out = build(args.model, target=args.target, output=args.output, quantization=args.quantization,
-                arch=args.arch, overrides=parse_overrides(args.overrides))
+                arch=args.arch, overrides=config_overrides(args))
     size = out.stat().st_size
     print(f"wrote {out} ({size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s")
     return 0

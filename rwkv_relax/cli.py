@@ -41,3 +41,21 @@ def parse_overrides(text: str | None) -> dict:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def add_config_flags(p) -> None:
+    """Flags that end up as config fields (a flag -> a dataclass field, never an env variable)."""
+    p.add_argument("--overrides", default=None, help='config overrides, "key=value;key=value"')
+    p.add_argument("--fp32-layers", default=None,
+                   help="comma-separated layer indices kept entirely in fp32 in an fp16 model, e.g. 0")
+
+
+def config_overrides(args) -> dict:
+    from .errors import ConfigError
+    out = parse_overrides(args.overrides)
+    if args.fp32_layers:
+        try:
+            out["fp32_layers"] = [int(x) for x in args.fp32_layers.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--fp32-layers takes comma-separated layer numbers, not '{args.fp32_layers}'") from None
+    return out

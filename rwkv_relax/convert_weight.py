@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .cli import one_line_errors, parse_overrides
+from .cli import add_config_flags, config_overrides, one_line_errors
 from .config import CHAT_CONFIG
 
 
@@ -64,11 +64,11 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--output", required=True, help="params directory to write")
     p.add_argument("--keep-embedding-head", action="store_true",
                    help="keep embedding and head in the activation dtype")
-    p.add_argument("--overrides", default=None, help='config overrides, "key=value;key=value"')
+    add_config_flags(p)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     out = convert(args.checkpoint, args.quantization, args.output, args.keep_embedding_head,
-                  parse_overrides(args.overrides))
+                  config_overrides(args))
     size = sum(f.stat().st_size for f in out.glob("params_shard_*.bin"))
     print(f"wrote {out} ({size / 2**20:.1f} MiB of params) in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .cli import one_line_errors, parse_overrides
+from .cli import add_config_flags, config_overrides, one_line_errors
 from .config import CHAT_CONFIG
 
 CONV_TEMPLATES = ("rwkv-world", "raven", "LM")
@@ -82,11 +82,11 @@ def main(argv=None) -> int:
     p.add_argument("--conv-template", default="rwkv-world", help=f"one of {', '.join(CONV_TEMPLATES)}")
     p.add_argument("--tokenizer", default=None, help="tokenizer file or folder (default: beside the checkpoint)")
     p.add_argument("--keep-embedding-head", action="store_true")
-    p.add_argument("--overrides", default=None)
+    add_config_flags(p)
     p.add_argument("-o", "--output", required=True, help="model directory")
     args = p.parse_args(argv)
     path = gen_config(args.model, args.quantization, args.conv_template, args.output, args.tokenizer,
-                      parse_overrides(args.overrides), args.keep_embedding_head)
+                      config_overrides(args), args.keep_embedding_head)
     cfg = json.loads(path.read_text())
     if not cfg["tokenizer_files"]:
         print("warning: no tokenizer found; pass --tokenizer to copy one", file=sys.stderr)

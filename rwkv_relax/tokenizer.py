@@ -212,17 +212,19 @@ def _compile_trie(tokens: tuple[bytes, ...]) -> re.Pattern:
 _SEGMENT_CACHE_MAX = 1 << 16  # pieces remembered by one tokenizer (then the cache is cleared)
 _SEGMENT_CACHE_MAX_LEN = 64   # longer pieces are tokenized every time, not remembered
 _SEGMENT_MIN_INPUT = 256      # shorter inputs skip the numpy segmentation (fixed cost ~10 us)
+_CUT = 0x100                  # marks cuts in the latin-1 view of the input (no byte maps to it)
 
 
 class _SegmentCache(dict):
-    """bytes piece -> tuple of ids; ``__missing__`` tokenizes and remembers short pieces."""
+    """piece (latin-1 str, one char per byte) -> tuple of ids; ``__missing__`` tokenizes it and
+    remembers short pieces."""
 
     def __init__(self, tokenize: Callable[[bytes], tuple[int, ...]]):
         super().__init__()
         self._tokenize = tokenize
 
-    def __missing__(self, piece: bytes) -> tuple[int, ...]:
-        ids = self._tokenize(piece)
+    def __missing__(self, piece: str) -> tuple[int, ...]:
+        ids = self._tokenize(piece.encode("latin-1"))
         if len(piece) <= _SEGMENT_CACHE_MAX_LEN:
             if len(self) >= _SEGMENT_CACHE_MAX:
                 self.clear()
@@ -276,9 +278,12 @@ class WorldTokenizer:
         if len(data) < _SEGMENT_MIN_INPUT:
             return list(self._encode_piece(data))
         # cut between bytes a b where no token contains "a b": greedy matches never cross a cut
-        a = np.frombuffer(data, dtype=np.uint8).astype(np.int32)
-        cuts = (np.flatnonzero(~self._inside_pair[(a[:-1] << 8) | a[1:]]) + 1).tolist()
-        pieces = map(data.__getitem__, map(slice, [0, *cuts], [*cuts, len(data)]))
+        a = np.frombuffer(data, dtype=np.uint8)
+        cuts = np.flatnonzero(~self._inside_pair[(a[:-1].astype(np.int32) << 8) | a[1:]]) + 1
+        # splitting a str is the cheapest way to get the pieces: one char per byte (latin-1),
+        # and U+0100, which no byte maps to, at each cut
+        marked = np.insert(a.astype("<u2"), cuts, _CUT).tobytes().decode("utf-16-le")
+        pieces = marked.split(chr(_CUT))
         return list(itertools.chain.from_iterable(map(self._pieces.__getitem__, pieces)))
 
     def _encode_piece(self, data: bytes) -> tuple[int, ...]:

@@ -1,6 +1,7 @@
 """Shared fixtures: random checkpoints in real formats and their compiled llvm libraries."""
 from __future__ import annotations
 
+import json
 import os
 import zlib
 
@@ -28,7 +29,7 @@ class ModelFactory:
 
     def library(self, model_path, **build_kwargs):
         from rwkv_relax.pipeline import build
-        key = (str(model_path), tuple(sorted(build_kwargs.items())))
+        key = (str(model_path), json.dumps(build_kwargs, sort_keys=True))
         if key not in self._libs:
             out = self.root / f"lib{len(self._libs)}.so"
             self._libs[key] = build(str(model_path), target="llvm", output=out, **build_kwargs)

@@ -225,6 +225,12 @@ class Embedding(nn.Module):
         return gather_rows(self.weight, ids, "embedding")
 
 
+def layer_config(cfg, layer: int):
+    """The config a layer is built with: ``cfg`` itself, or an fp32 copy for the layers listed in
+    ``cfg.fp32_layers`` (fp16 overflows first in the early layers of small models)."""
+    return cfg.replace(dtype="float32") if layer in getattr(cfg, "fp32_layers", ()) else cfg
+
+
 class Block(nn.Module):
     """One RWKV layer: ``x += att(ln1 x)``, ``x += ffn(ln2 x)``, with their carried state.
 
@@ -232,8 +238,11 @@ class Block(nn.Module):
     where ``att.state_names`` lists the state entries it carries besides the token-shift rows.
     """
 
-    def __init__(self, layer: int, n_embd: int, dim_ffn: int, dtype: str, eps: float, att: nn.Module):
-        self.layer = layer
+    def __init__(self, layer: int, n_embd: int, dim_ffn: int, dtype: str, eps: float, att: nn.Module,
+                 io_dtype: str | None = None):
+        # dtype: this layer's compute dtype; io_dtype: the residual stream's between layers. They
+        # differ for layers kept in fp32 inside an fp16 model (``fp32_layers``).
+        self.layer, self.dtype, self.io_dtype = layer, dtype, io_dtype or dtype
         self.ln1 = LayerNorm(n_embd, dtype, eps)
         self.ln2 = LayerNorm(n_embd, dtype, eps)
         self.att = att
@@ -244,8 +253,12 @@ class Block(nn.Module):
 
         def get(name):
             _, shape, dtype, _ = spec.entries[spec.index(name)]
-            return state.get(self.layer, spec.index(name), [B, *shape], dtype)
+            value = state.get(self.layer, spec.index(name), [B, *shape], dtype)
+            # token-shift rows are stored in the model dtype, used in the layer's
+            return value.astype(self.dtype) if name in ("att_x", "ffn_x") and dtype != self.dtype else value
 
+        if self.dtype != self.io_dtype:
+            x = x.astype(self.dtype)
         xx = self.ln1(x)
         att_out, carried = self.att(xx, token_shift(xx, get("att_x"), seg),
                                     {n: get(n) for n in self.att.state_names}, seg)
@@ -255,8 +268,10 @@ class Block(nn.Module):
         x = x + self.ffn(xx, token_shift(xx, get("ffn_x"), seg))
         carried["ffn_x"] = last_tokens(xx, seg)
         for name, value in carried.items():
-            state = state.set(self.layer, spec.index(name), value)
-        return x, state
+            stored = spec.entries[spec.index(name)][2]
+            state = state.set(self.layer, spec.index(name),
+                              value if value.dtype == stored else value.astype(stored))
+        return (x if self.dtype == self.io_dtype else x.astype(self.io_dtype)), state
 
 
 class RNNLanguageModel(nn.Module):

@@ -16,7 +16,7 @@ from tir_kernels import wkv5 as wkv5_kernels
 
 from ..config import ConfigBase
 from ..errors import ConfigError
-from .common import Block, Linear, RNNLanguageModel, Segments, StateSpec, mix
+from .common import Block, Linear, RNNLanguageModel, Segments, StateSpec, layer_config, mix
 
 
 @dataclasses.dataclass
@@ -37,6 +37,7 @@ class RWKV5Config(ConfigBase):
     dtype: str = "float32"
     prefill_chunk_size: int = 512
     max_batch_size: int = 8
+    fp32_layers: list = dataclasses.field(default_factory=list)  # layers kept fp32 in an fp16 model
 
     def __post_init__(self):
         if self.n_layer <= 0 or self.n_embd <= 0 or self.vocab_size <= 0:
@@ -46,6 +47,9 @@ class RWKV5Config(ConfigBase):
         self.dim_ffn = self.dim_ffn or int(self.n_embd * 3.5) // 32 * 32
         if self.dim_att % self.head_size:
             raise ConfigError(f"dim_att {self.dim_att} is not a multiple of head_size {self.head_size}")
+        bad = [i for i in self.fp32_layers if not 0 <= int(i) < self.n_layer]
+        if bad:
+            raise ConfigError(f"fp32_layers {bad} are not layers of this {self.n_layer}-layer model")
         if self.dtype not in ("float32", "float16"):
             raise ConfigError(f"dtype must be float32 or float16, not {self.dtype!r}")
 
@@ -109,8 +113,12 @@ class RWKV5(RNNLanguageModel):
     """RWKV-5.2 language model with the MLC-style RNN interface."""
 
     def __init__(self, cfg: RWKV5Config):
-        super().__init__(cfg, [Block(i, cfg.n_embd, cfg.dim_ffn, cfg.dtype, cfg.layer_norm_eps, TimeMix(cfg))
-                               for i in range(cfg.n_layer)])
+        blocks = []
+        for i in range(cfg.n_layer):
+            lc = layer_config(cfg, i)
+            blocks.append(Block(i, lc.n_embd, lc.dim_ffn, lc.dtype, lc.layer_norm_eps, TimeMix(lc),
+                                io_dtype=cfg.dtype))
+        super().__init__(cfg, blocks)
 
     def state_spec(self) -> StateSpec:
         c = self.cfg
