@@ -12,7 +12,7 @@ import dataclasses
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
-from tir_kernels import wkv5 as wkv5_kernels
+from tir_kernels import kernel
 
 from ..config import ConfigBase
 from ..errors import ConfigError
@@ -92,13 +92,13 @@ class TimeMix(nn.Module):
         g = op.silu(self.gate(mix(xx, sx, self.time_mix_g)))
         if seg.single:
             out, s_new = op.tensor_ir_op(
-                wkv5_kernels.wkv5(H, N), "wkv5",
+                kernel("wkv5", H, N), "wkv5",
                 [r, k, v, self.time_decay, self.time_faaaa, op.reshape(s, [H, N, N])],
                 [Tensor.placeholder([T, H, N], "float32"), Tensor.placeholder([H, N, N], "float32")])
             s_new = op.reshape(s_new, [1, H, N, N])
         else:
             out, s_new = op.tensor_ir_op(
-                wkv5_kernels.wkv5_ragged(H, N), "wkv5_ragged",
+                kernel("wkv5_ragged", H, N), "wkv5_ragged",
                 [r, k, v, self.time_decay, self.time_faaaa, s, seg.seg_last],
                 [Tensor.placeholder([T, H, N], "float32"), Tensor.placeholder(s.shape, "float32")])
         # GroupNorm over heads, in fp32, with the reference's eps (64e-5)
