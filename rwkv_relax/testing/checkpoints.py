@@ -93,8 +93,8 @@ def rwkv5_tensors(n_layer: int = 2, n_embd: int = 128, vocab_size: int = 1024, h
 LARGE_KEY_EVERY, LARGE_KEY_GAIN = 8, 80.0
 
 
-def rwkv4_tensors(n_layer: int = 2, n_embd: int = 128, vocab_size: int = 1024, dim_att: int | None = None,
-                  dim_ffn: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+def rwkv4_tensors(n_layer: int = 2, n_embd: int = 128, vocab_size: int = 1024, dim_ffn: int | None = None,
+                  seed: int = 0, dim_att: int | None = None) -> dict[str, np.ndarray]:
     """Canonical (BlinkDL) RWKV-4 tensors in float32, time mix as RWKV-LM's RWKV-4 init."""
     init = _RandomInit(seed, n_embd)
     rng = init.rng
