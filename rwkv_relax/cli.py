@@ -59,3 +59,19 @@ def config_overrides(args) -> dict:
         except ValueError:
             raise ConfigError(f"--fp32-layers takes comma-separated layer numbers, not '{args.fp32_layers}'") from None
     return out
+
+
+def run_child_build(kwargs: dict) -> int:
+    """Entry of the child process that pipeline.build spawns for driverless CUDA builds."""
+    from .errors import RWKVRelaxError
+    from .pipeline import build
+    from .targets import cuda_runtime_loaded
+    if not cuda_runtime_loaded():
+        print("error: TVM's CUDA runtime did not load even with the build-only libcuda stub", file=sys.stderr)
+        return 2
+    try:
+        build(**kwargs)
+    except RWKVRelaxError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

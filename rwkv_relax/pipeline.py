@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,8 @@ from .loaders import detect, open_checkpoint
 from .loaders.table import check_tensor_names, load_params
 from .quantization import get_mode, quantize_model
 from .registry import Architecture, get_architecture
-from .targets import get_target, relax_pipeline
+from .targets import (ToolchainError, check_toolchain, cuda_runtime_loaded, get_target,
+                      install_cuda_compile_callback, relax_pipeline, stub_libcuda_dir)
 
 
 class ModelSource:
@@ -143,9 +147,29 @@ def iter_params(source: ModelSource, quantization: str = "q0f32", keep_embedding
             yield out_name, out.astype(final[out_name], copy=False)
 
 
-def compile_module(mod: tvm.IRModule, target: tvm.target.Target):
+def compile_module(mod: tvm.IRModule, target: tvm.target.Target, system_lib_prefix: str | None = None):
+    """Relax pipeline (scheduling) + TIR lowering + codegen for ``target``."""
+    if system_lib_prefix is not None:
+        mod = mod.with_attr("system_lib_prefix", system_lib_prefix)
     with target:
-        return tvm.compile(mod, target, relax_pipeline=relax_pipeline(target))
+        if target.kind.name == "cuda":
+            install_cuda_compile_callback()
+        try:
+            return relax.build(mod, target, relax_pipeline=relax_pipeline(target),
+                               system_lib=system_lib_prefix is not None)
+        except Exception as err:  # TVM raises plain errors; only the missing codegen is ours
+            if "target.build.vulkan" in str(err):
+                raise ToolchainError(
+                    "scheduling and lowering for vulkan succeeded, but this TVM wheel has no SPIR-V "
+                    "codegen (target.build.vulkan is missing: built with USE_VULKAN=OFF); build TVM from "
+                    "source with -DUSE_VULKAN=ON and the Vulkan SDK to write the .so") from None
+            raise
+
+
+def system_lib_prefix(source: ModelSource, quantization: str) -> str:
+    """Symbol prefix for statically linked (system) libraries, so that several models can live in
+    one app binary: ``<model>_<quantization>_`` with non-identifier characters replaced."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{source.name}_{quantization}_")
 
 
 def atomic_write(path: Path, write) -> Path:
@@ -184,8 +208,29 @@ def build(model: str, target: str = "llvm", output: str | Path | None = None,
         raise ConfigError(f"{model} was generated for {source.quantization}, not {quantization}; pass "
                           f"--quantization {source.quantization} or re-run gen_config")
     quantization = quantization or source.quantization or "q0f32"
-    tvm_target = preset.target(arch)
-    mod, _, _ = export(source, quantization, source.keep_embedding_head)
-    ex = compile_module(mod, tvm_target)
     out = Path(output) if output else default_output(source, quantization, target)
-    return atomic_write(out, ex.export_library)
+    tvm_target = preset.target(arch)
+    check_toolchain(preset, str(out))
+    if preset.name == "cuda" and not cuda_runtime_loaded():
+        return _build_in_child(model, target, out, quantization, arch, overrides)
+    mod, _, _ = export(source, quantization, source.keep_embedding_head)
+    prefix = system_lib_prefix(source, quantization) if preset.system_lib else None
+    ex = compile_module(mod, tvm_target, prefix)
+    return atomic_write(out, lambda tmp: preset.export(ex, tmp, prefix))
+
+
+def _build_in_child(model, target, out, quantization, arch, overrides) -> Path:
+    """CUDA without a driver: TVM's CUDA runtime module (needed to embed nvcc output) loads only
+    if libcuda.so.1 is present when TVM is imported, so build in a fresh process with a
+    build-only stub preloaded."""
+    env = dict(os.environ, LD_PRELOAD=str(stub_libcuda_dir() / "libcuda.so.1"))
+    args = json.dumps({"model": model, "target": target, "output": str(out), "quantization": quantization,
+                       "arch": arch, "overrides": overrides})
+    code = ("import json, sys; from rwkv_relax.cli import run_child_build; "
+            "sys.exit(run_child_build(json.loads(sys.argv[1])))")
+    proc = subprocess.run([sys.executable, "-c", code, args], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+        raise ToolchainError(lines[-1][len("error: "):] if lines else
+                             f"the cuda build failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:300]}")
+    return out

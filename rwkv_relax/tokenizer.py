@@ -7,9 +7,10 @@ byte:
 
 * the trie is compiled into one ``re`` pattern (greedy-optional branches, deepest first), so the
   C regex engine finds each longest match;
-* the input is first cut where no token can span: between two bytes ``a b`` such that no
-  vocabulary token contains ``a b``. Every greedy token boundary falls on those cuts, so each piece
-  tokenizes independently; pieces repeat (words, punctuation) and their ids are cached.
+* long inputs are first cut where no token can span: between two bytes ``a b`` such that no
+  vocabulary token contains ``a b``. Every cut is then a token boundary of the greedy match, so
+  each piece tokenizes on its own. Pieces repeat (words, punctuation): their ids are cached, and
+  the new ones are matched together in one regex pass.
 
 ``HFTokenizer`` wraps the ``tokenizers`` package for the GPT-NeoX style ``tokenizer.json`` of
 RWKV-4 Pile / Raven models. Both give ``encode``, ``decode`` (bytes), ``decode_text`` and
@@ -26,7 +27,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NoReturn
 
 import numpy as np
 
@@ -123,7 +124,10 @@ def read_world_vocab(path: str | Path) -> dict[int, bytes]:
                 except (ValueError, SyntaxError, MemoryError, RecursionError):
                     raise bad("token is not a Python literal") from None
             if isinstance(token, str):
-                token = token.encode("utf-8", errors="surrogatepass")
+                try:
+                    token = token.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise bad("str token has an unpaired surrogate (write it as bytes)") from None
             if not isinstance(token, bytes):
                 raise bad(f"token literal is a {type(token).__name__}, not str or bytes")
             if not token:
@@ -180,12 +184,16 @@ def _trie_pattern(tokens: Iterable[bytes]) -> bytes:
         leaves = sorted(b for b in children if len(node[b]) == 1 and None in node[b])
         inner = sorted((b for b in children if b not in leaves), key=lambda b: (-size(node[b]), b))
         alts = []
+        if node is root:  # only literals at the top: sre then skips non-matching chars quickly
+            inner, leaves = inner + leaves, []
         if leaves:
             alts.append(b"[" + b"".join(map(lit, leaves)) + b"]" if len(leaves) > 1 else lit(leaves[0]))
         for byte in inner:
             child = node[byte]
             rest = alternatives(child)
-            if None in child:  # a token ends at child: the empty alternative lets the path stop
+            if not rest:  # a leaf (only at the root)
+                alts.append(lit(byte))
+            elif None in child:  # a token ends at child: the empty alternative lets the path stop
                 alts.append(lit(byte) + b"(?:" + b"|".join(rest) + b"|)")
             elif len(rest) == 1:  # a single way on: no group needed
                 alts.append(lit(byte) + rest[0])
@@ -198,38 +206,23 @@ def _trie_pattern(tokens: Iterable[bytes]) -> bytes:
 
 @functools.lru_cache(maxsize=4)
 def _compile_trie(tokens: tuple[bytes, ...]) -> re.Pattern:
-    """The compiled :func:`_trie_pattern` (about a second); kept for other tokenizers of the same
-    vocabulary."""
+    """The compiled :func:`_trie_pattern` (about a second), as a str pattern over latin-1 text;
+    kept for other tokenizers of the same vocabulary."""
     # the pattern builder and sre's parser recurse a few frames per trie level (token byte)
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 8 * max(map(len, tokens)) + 1000))
     try:
-        return re.compile(_trie_pattern(tokens))
+        return re.compile(_trie_pattern(tokens).decode("latin-1"))
     finally:
         sys.setrecursionlimit(limit)
 
 
-_SEGMENT_CACHE_MAX = 1 << 16  # pieces remembered by one tokenizer (then the cache is cleared)
-_SEGMENT_CACHE_MAX_LEN = 64   # longer pieces are tokenized every time, not remembered
-_SEGMENT_MIN_INPUT = 256      # shorter inputs skip the numpy segmentation (fixed cost ~10 us)
-_CUT = 0x100                  # marks cuts in the latin-1 view of the input (no byte maps to it)
-
-
-class _SegmentCache(dict):
-    """piece (latin-1 str, one char per byte) -> tuple of ids; ``__missing__`` tokenizes it and
-    remembers short pieces."""
-
-    def __init__(self, tokenize: Callable[[bytes], tuple[int, ...]]):
-        super().__init__()
-        self._tokenize = tokenize
-
-    def __missing__(self, piece: str) -> tuple[int, ...]:
-        ids = self._tokenize(piece.encode("latin-1"))
-        if len(piece) <= _SEGMENT_CACHE_MAX_LEN:
-            if len(self) >= _SEGMENT_CACHE_MAX:
-                self.clear()
-            self[piece] = ids
-        return ids
+# Encoding works on the latin-1 view of the input (one char per byte, U+0000..U+00FF), so that
+# U+0100 can mark cuts and the pieces come from one str.split.
+_CUT = "\u0100"
+_PIECE_CACHE_MAX = 1 << 16   # pieces remembered by one tokenizer (then the cache is emptied)
+_PIECE_CACHE_MAX_LEN = 64    # longer pieces are tokenized every time, not remembered
+_CUT_MIN_INPUT = 256         # shorter inputs go straight to the regex (numpy costs ~10 us)
 
 
 class WorldTokenizer:
@@ -250,17 +243,17 @@ class WorldTokenizer:
         for token_id, token in vocab.items():
             self._id_to_bytes[token_id] = token
         # file order, later ids overwriting earlier ones: TRIE_TOKENIZER's token2idx
-        self._bytes_to_id = {token: token_id for token_id, token in vocab.items()}
-
-        self._regex = _compile_trie(tuple(self._bytes_to_id))
+        by_bytes = {token: token_id for token_id, token in vocab.items()}
+        self._latin1_to_id = {token.decode("latin-1"): i for token, i in by_bytes.items()}
+        self._regex = _compile_trie(tuple(by_bytes))
 
         # inside[a << 8 | b]: some token contains the byte pair a b; elsewhere no token spans
-        joined = np.frombuffer(b"".join(self._bytes_to_id), dtype=np.uint8).astype(np.int32)
+        joined = np.frombuffer(b"".join(by_bytes), dtype=np.uint8).astype(np.int32)
         pair = (joined[:-1] << 8) | joined[1:]
-        last_bytes = np.cumsum([len(t) for t in self._bytes_to_id]) - 1  # pairs across two tokens
+        last_bytes = np.cumsum([len(t) for t in by_bytes]) - 1  # pairs across two tokens
         self._inside_pair = np.zeros(1 << 16, dtype=bool)
         self._inside_pair[np.delete(pair, last_bytes[:-1])] = True
-        self._pieces = _SegmentCache(self._encode_piece)
+        self._pieces: dict[str, tuple[int, ...]] = {}  # latin-1 piece -> its ids
 
     @property
     def vocab_size(self) -> int:
@@ -275,27 +268,55 @@ class WorldTokenizer:
     def encode(self, text: str | bytes) -> list[int]:
         """Token ids of ``text`` (str is UTF-8 encoded; bytes are taken as they are)."""
         data = _as_bytes(text)
-        if len(data) < _SEGMENT_MIN_INPUT:
-            return list(self._encode_piece(data))
+        if len(data) < _CUT_MIN_INPUT:
+            return self._match(data.decode("latin-1"), len(data), data)
         # cut between bytes a b where no token contains "a b": greedy matches never cross a cut
         a = np.frombuffer(data, dtype=np.uint8)
         cuts = np.flatnonzero(~self._inside_pair[(a[:-1].astype(np.int32) << 8) | a[1:]]) + 1
-        # splitting a str is the cheapest way to get the pieces: one char per byte (latin-1),
-        # and U+0100, which no byte maps to, at each cut
-        marked = np.insert(a.astype("<u2"), cuts, _CUT).tobytes().decode("utf-16-le")
-        pieces = marked.split(chr(_CUT))
-        return list(itertools.chain.from_iterable(map(self._pieces.__getitem__, pieces)))
+        marked = np.insert(a.astype("<u2"), cuts, ord(_CUT)).tobytes().decode("utf-16-le")
+        pieces = marked.split(_CUT)
+        known = self._pieces
+        new = set(pieces).difference(known)
+        if 2 * len(new) > len(pieces):  # mostly unseen text: caching would cost more than it saves
+            return self._match(data.decode("latin-1"), len(data), data)
+        if new:
+            if len(known) + len(new) > _PIECE_CACHE_MAX:
+                known.clear()
+            known.update(self._match_pieces(list(new), data))
+        try:
+            ids = list(itertools.chain.from_iterable(map(known.__getitem__, pieces)))
+        except KeyError:  # another thread emptied the cache meanwhile: match without it
+            return self._match(marked, len(data), data)
+        if len(known) > _PIECE_CACHE_MAX:  # this input alone had more new pieces than fit
+            known.clear()
+        for piece in new:
+            if len(piece) > _PIECE_CACHE_MAX_LEN:
+                known.pop(piece, None)
+        return ids
 
-    def _encode_piece(self, data: bytes) -> tuple[int, ...]:
-        matches = self._regex.findall(data)
-        if sum(map(len, matches)) != len(data):  # findall skipped a byte no token starts with
+    def _match(self, text: str, n_bytes: int, data: bytes) -> list[int]:
+        """Ids of the longest-match tokens in latin-1 ``text`` (cut marks never match)."""
+        matches = self._regex.findall(text)
+        if sum(map(len, matches)) != n_bytes:  # findall skipped a byte no token starts with
             self._raise_unencodable(data)
-        return tuple(map(self._bytes_to_id.__getitem__, matches))
+        return list(map(self._latin1_to_id.__getitem__, matches))
 
-    def _raise_unencodable(self, data: bytes):
-        pos = 0
-        while pos < len(data):
-            match = self._regex.match(data, pos)
+    def _match_pieces(self, pieces: list[str], data: bytes) -> dict[str, tuple[int, ...]]:
+        """Tokenize many pieces in one regex pass over them joined by cut marks."""
+        lengths = [len(p) for p in pieces]
+        matches = self._regex.findall(_CUT.join(pieces))
+        ids = list(map(self._latin1_to_id.__getitem__, matches))
+        ends = np.cumsum(np.fromiter(map(len, matches), dtype=np.int64, count=len(matches)))
+        if not len(ends) or ends[-1] != sum(lengths):
+            self._raise_unencodable(data)
+        # no match crosses a cut mark, so each piece's matches end exactly at its end
+        bounds = np.searchsorted(ends, np.cumsum(lengths), side="right").tolist()
+        return {p: tuple(ids[i:j]) for p, i, j in zip(pieces, [0, *bounds], bounds)}
+
+    def _raise_unencodable(self, data: bytes) -> NoReturn:
+        text, pos = data.decode("latin-1"), 0
+        while pos < len(text):
+            match = self._regex.match(text, pos)
             if match is None:
                 raise TokenizerError(f"byte 0x{data[pos]:02x} at offset {pos} starts no token of "
                                      f"{self.path}; this vocabulary cannot encode it")
@@ -321,7 +342,7 @@ class WorldTokenizer:
         """A fresh :class:`StreamDecoder` over this vocabulary."""
         return StreamDecoder(self.id_to_token)
 
-    def _raise_bad_id(self, ids: list) -> None:
+    def _raise_bad_id(self, ids: list) -> NoReturn:
         for token_id in ids:
             if not 0 <= token_id < len(self._id_to_bytes) or self._id_to_bytes[token_id] is None:
                 raise TokenizerError(f"token id {token_id} is not in {self.path} "
@@ -464,10 +485,10 @@ class HFTokenizer:
         return _TextDiffStream(self.decode_text)
 
 
-Tokenizer = WorldTokenizer | HFTokenizer
+AnyTokenizer = WorldTokenizer | HFTokenizer
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
+def load_tokenizer(path: str | Path) -> AnyTokenizer:
     """A World vocab ``.txt`` -> WorldTokenizer; a ``tokenizer.json`` -> HFTokenizer; a folder ->
     whichever one of ``tokenizer.json`` / ``*vocab*.txt`` it holds."""
     path = Path(path)

@@ -6,6 +6,7 @@ F feed-forward width, V vocabulary.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 from tvm import relax as rx
@@ -14,6 +15,9 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Object, Tensor, op
 
 from tir_kernels.rnn_state import state_copy
+
+from ..config import ConfigBase
+from ..errors import ConfigError
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,6 +229,42 @@ class Embedding(nn.Module):
         return gather_rows(self.weight, ids, "embedding")
 
 
+@dataclasses.dataclass
+class RWKVConfig(ConfigBase):
+    """Fields every RWKV version has. Version configs add theirs and call ``super().__post_init__``."""
+
+    n_layer: int = 0
+    n_embd: int = 0
+    vocab_size: int = 0
+    dim_att: int = 0  # 0: n_embd
+    dim_ffn: int = 0  # 0: the version's default
+    layer_norm_eps: float = 1e-5
+    rescale_every: int = 0  # halve the residual every N layers (fp16 overflow guard); 0: never
+    dtype: str = "float32"
+    prefill_chunk_size: int = 512
+    max_batch_size: int = 8
+    fp32_layers: list = dataclasses.field(default_factory=list)  # layers kept fp32 in an fp16 model
+
+    def default_dim_ffn(self) -> int:
+        raise NotImplementedError
+
+    def __post_init__(self):
+        name = type(self).__name__
+        if min(self.n_layer, self.n_embd, self.vocab_size) <= 0:
+            raise ConfigError(f"{name} needs positive n_layer, n_embd, vocab_size "
+                              f"(got {self.n_layer}, {self.n_embd}, {self.vocab_size})")
+        if min(self.dim_att, self.dim_ffn, self.rescale_every) < 0:
+            raise ConfigError(f"{name}: dim_att, dim_ffn, rescale_every must be >= 0 (0: default) "
+                              f"(got {self.dim_att}, {self.dim_ffn}, {self.rescale_every})")
+        self.dim_att = self.dim_att or self.n_embd
+        self.dim_ffn = self.dim_ffn or self.default_dim_ffn()
+        bad = [i for i in self.fp32_layers if not 0 <= int(i) < self.n_layer]
+        if bad:
+            raise ConfigError(f"fp32_layers {bad} are not layers of this {self.n_layer}-layer model")
+        if self.dtype not in ("float32", "float16"):
+            raise ConfigError(f"dtype must be float32 or float16, not {self.dtype!r}")
+
+
 def layer_config(cfg, layer: int):
     """The config a layer is built with: ``cfg`` itself, or an fp32 copy for the layers listed in
     ``cfg.fp32_layers`` (fp16 overflows first in the early layers of small models)."""
@@ -280,8 +320,13 @@ class RNNLanguageModel(nn.Module):
     Subclasses set ``cfg``, ``embeddings``, ``blocks``, ``ln_out``, ``head`` and ``state_spec()``.
     """
 
-    def __init__(self, cfg, blocks: list[Block]):
+    def __init__(self, cfg: RWKVConfig, time_mix: Callable[[RWKVConfig], nn.Module]):
         self.cfg = cfg
+        blocks = []
+        for i in range(cfg.n_layer):
+            lc = layer_config(cfg, i)
+            blocks.append(Block(i, lc.n_embd, lc.dim_ffn, lc.dtype, lc.layer_norm_eps, time_mix(lc),
+                                io_dtype=cfg.dtype))
         self.dtype, self.n_layer, self.n_embd, self.vocab_size = (
             cfg.dtype, cfg.n_layer, cfg.n_embd, cfg.vocab_size)
         self.embeddings = Embedding(cfg.vocab_size, cfg.n_embd, cfg.dtype)

@@ -15,11 +15,9 @@ import dataclasses
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
-from tir_kernels import wkv4 as wkv4_kernels
+from tir_kernels import kernel
 
-from ..config import ConfigBase
-from ..errors import ConfigError
-from .common import Block, Linear, RNNLanguageModel, Segments, StateSpec, mix
+from .common import Linear, RNNLanguageModel, RWKVConfig, Segments, StateSpec, mix
 
 # ChatRWKV's fresh pp ("zeros - 1e30"): the running exponent of a state that has seen no token, so
 # that exp(pp - p) is exactly 0 on the first token.
@@ -27,33 +25,15 @@ FRESH_PP = -1e30
 
 
 @dataclasses.dataclass
-class RWKV4Config(ConfigBase):
+class RWKV4Config(RWKVConfig):
     """Shape and numerics of an RWKV-4 model."""
 
     model_type = "rwkv4"
 
-    n_layer: int = 0
-    n_embd: int = 0
     vocab_size: int = 50277  # Pile / Raven (GPT-NeoX 20B tokenizer); World models use 65536
-    dim_att: int = 0  # 0: n_embd
-    dim_ffn: int = 0  # 0: 4 * n_embd, as every released RWKV-4 was trained
-    layer_norm_eps: float = 1e-5
-    rescale_every: int = 0  # halve the residual every N layers (fp16 overflow guard); 0: never
-    dtype: str = "float32"
-    prefill_chunk_size: int = 512
-    max_batch_size: int = 8
 
-    def __post_init__(self):
-        if min(self.n_layer, self.n_embd, self.vocab_size) <= 0:
-            raise ConfigError(f"RWKV4Config needs positive n_layer, n_embd, vocab_size "
-                              f"(got {self.n_layer}, {self.n_embd}, {self.vocab_size})")
-        if min(self.dim_att, self.dim_ffn, self.rescale_every) < 0:
-            raise ConfigError(f"RWKV4Config: dim_att, dim_ffn, rescale_every must be >= 0 (0: default) "
-                              f"(got {self.dim_att}, {self.dim_ffn}, {self.rescale_every})")
-        self.dim_att = self.dim_att or self.n_embd
-        self.dim_ffn = self.dim_ffn or 4 * self.n_embd
-        if self.dtype not in ("float32", "float16"):
-            raise ConfigError(f"dtype must be float32 or float16, not {self.dtype!r}")
+    def default_dim_ffn(self) -> int:
+        return 4 * self.n_embd  # as every released RWKV-4 was trained
 
 
 class TimeMix(nn.Module):
@@ -92,13 +72,13 @@ class TimeMix(nn.Module):
         f32 = "float32"
         if seg.single:
             wkv, *new = op.tensor_ir_op(
-                wkv4_kernels.wkv4(A), "wkv4",
+                kernel("wkv4", A), "wkv4",
                 [k, v, self.time_decay, self.time_first, *(op.reshape(s, [A]) for s in carried)],
                 [Tensor.placeholder([T, A], f32), *(Tensor.placeholder([A], f32) for _ in carried)])
             new = [op.reshape(s, [1, A]) for s in new]  # (A,) -> (B=1, A)
         else:
             wkv, *new = op.tensor_ir_op(
-                wkv4_kernels.wkv4_ragged(A), "wkv4_ragged",
+                kernel("wkv4_ragged", A), "wkv4_ragged",
                 [k, v, self.time_decay, self.time_first, *carried, seg.seg_last],
                 [Tensor.placeholder([T, A], f32), *(Tensor.placeholder(s.shape, f32) for s in carried)])
         if self.dtype != f32:
@@ -110,9 +90,7 @@ class RWKV4(RNNLanguageModel):
     """RWKV-4 language model with the MLC-style RNN interface."""
 
     def __init__(self, cfg: RWKV4Config):
-        blocks = [Block(i, cfg.n_embd, cfg.dim_ffn, cfg.dtype, cfg.layer_norm_eps, TimeMix(cfg))
-                  for i in range(cfg.n_layer)]
-        super().__init__(cfg, blocks)
+        super().__init__(cfg, TimeMix)
 
     def state_spec(self) -> StateSpec:
         """ChatRWKV's five entries per layer (0=att_xx 1=att_aa 2=att_bb 3=att_pp 4=ffn_xx)."""

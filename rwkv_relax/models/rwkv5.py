@@ -14,44 +14,27 @@ from tvm.relax.frontend.nn import Tensor, op
 
 from tir_kernels import kernel
 
-from ..config import ConfigBase
 from ..errors import ConfigError
-from .common import Block, Linear, RNNLanguageModel, Segments, StateSpec, layer_config, mix
+from .common import Linear, RNNLanguageModel, RWKVConfig, Segments, StateSpec, mix
 
 
 @dataclasses.dataclass
-class RWKV5Config(ConfigBase):
+class RWKV5Config(RWKVConfig):
     """Shape and numerics of an RWKV-5.2 model."""
 
     model_type = "rwkv5"
 
-    n_layer: int = 0
-    n_embd: int = 0
     vocab_size: int = 65536
     head_size: int = 64
-    dim_att: int = 0  # 0: n_embd
-    dim_ffn: int = 0  # 0: int(n_embd * 3.5) // 32 * 32, as the World models were trained
     ln_x_eps: float = 64e-5  # notice: ChatRWKV v5.2 GroupNorm eps; rwkv.cpp/MLC use 1e-5 (wrong)
-    layer_norm_eps: float = 1e-5
-    rescale_every: int = 0  # halve the residual every N layers (fp16 overflow guard); 0: never
-    dtype: str = "float32"
-    prefill_chunk_size: int = 512
-    max_batch_size: int = 8
-    fp32_layers: list = dataclasses.field(default_factory=list)  # layers kept fp32 in an fp16 model
+
+    def default_dim_ffn(self) -> int:
+        return int(self.n_embd * 3.5) // 32 * 32  # as the World models were trained
 
     def __post_init__(self):
-        if self.n_layer <= 0 or self.n_embd <= 0 or self.vocab_size <= 0:
-            raise ConfigError(f"RWKV5Config needs positive n_layer, n_embd, vocab_size "
-                              f"(got {self.n_layer}, {self.n_embd}, {self.vocab_size})")
-        self.dim_att = self.dim_att or self.n_embd
-        self.dim_ffn = self.dim_ffn or int(self.n_embd * 3.5) // 32 * 32
+        super().__post_init__()
         if self.dim_att % self.head_size:
             raise ConfigError(f"dim_att {self.dim_att} is not a multiple of head_size {self.head_size}")
-        bad = [i for i in self.fp32_layers if not 0 <= int(i) < self.n_layer]
-        if bad:
-            raise ConfigError(f"fp32_layers {bad} are not layers of this {self.n_layer}-layer model")
-        if self.dtype not in ("float32", "float16"):
-            raise ConfigError(f"dtype must be float32 or float16, not {self.dtype!r}")
 
     @property
     def n_head(self) -> int:
@@ -113,12 +96,7 @@ class RWKV5(RNNLanguageModel):
     """RWKV-5.2 language model with the MLC-style RNN interface."""
 
     def __init__(self, cfg: RWKV5Config):
-        blocks = []
-        for i in range(cfg.n_layer):
-            lc = layer_config(cfg, i)
-            blocks.append(Block(i, lc.n_embd, lc.dim_ffn, lc.dtype, lc.layer_norm_eps, TimeMix(lc),
-                                io_dtype=cfg.dtype))
-        super().__init__(cfg, blocks)
+        super().__init__(cfg, TimeMix)
 
     def state_spec(self) -> StateSpec:
         c = self.cfg

@@ -1,0 +1,296 @@
+"""CPU (llvm) compile pipeline: the default one plus a schedule for the model's matmuls.
+
+Every ``Linear`` computes ``y[m, n] = sum_k x[m, k] * W[n, k]`` with W kept as the checkpoint
+stores it, (N, K) row-major, so each output column reads one contiguous weight row. Unscheduled,
+that reduction runs one scalar multiply-add per element on one core (~3 GB/s of weights). The
+rule below keeps the layout and instead
+
+* vectorises over k: ``k = ko * V + ki`` and ``rfactor(ki)``, so each output gets a V-lane fp32
+  accumulator (one SIMD register) updated by FMAs on contiguous x and W loads, and one
+  horizontal sum at the end;
+* tiles ``rows x cols`` outputs per register block (decode M = 1: 1 x 8 weight rows sharing each
+  x load; prefill: 4 x 3 on AVX2, so every load feeds several FMAs) and keeps the accumulators in
+  a ``local`` buffer that LLVM promotes to registers;
+* runs the tiles on all cores (``parallel`` over the fused row-tile x column-tile loop);
+* pads a symbolic (or ragged) token count up to the row tile with ``pad_einsum`` (a copy of x,
+  O(M*K)) instead of a predicate: a ``row < M`` test inside the k loop costs 5x;
+* computes the fused elementwise epilogue (sigmoid, relu^2, residual add, casts) per tile, while
+  the outputs are hot, and inlines injective prologues (token-shift mix) into the x loads.
+
+Functions marked ``tirx.is_scheduled`` (the hand-written WKV kernels) and functions that are not
+such a matmul are left exactly as they are.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import tvm
+from tvm import relax, s_tir, tirx
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+from tvm.s_tir import dlight as dl
+from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
+from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
+from tvm.target import Target, codegen
+
+
+# --------------------------------------------------------------------------------------------
+# Tile choice
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    """Register tile of one parallel task: ``rows x cols`` outputs, each a ``lanes``-wide fp32
+    accumulator over k. ``rows * cols`` accumulators must fit the SIMD register file with room
+    for the x and W loads, or LLVM spills them and the inner loop runs ~4x slower."""
+
+    rows: int
+    cols: int
+    lanes: int
+
+
+def simd_lanes(target: Target) -> int:
+    """fp32 lanes of one SIMD register: 16 with AVX-512, 8 with AVX/AVX2, else 4 (SSE, NEON)."""
+    if codegen.target_has_features("avx512f", target):
+        return 16
+    if codegen.target_has_features("avx", target):
+        return 8
+    return 4
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return next(d for d in range(min(n, at_most), 0, -1) if n % d == 0)
+
+
+def choose_tile(m: int | None, n: int, k: int, target: Target) -> Tile | None:
+    """Tile for an (m, n, k) NT matmul; ``m`` is None when symbolic. None: not worth it / k not
+    vectorisable (k % 4 != 0 never happens in RWKV; such a matmul stays unscheduled)."""
+    lanes = simd_lanes(target)
+    while lanes > 1 and k % lanes:
+        lanes //= 2
+    if lanes < 4:
+        return None
+    n_regs = 32 if lanes == 16 else 16  # zmm0-31 with AVX-512, ymm0-15 / xmm0-15 otherwise
+    if m == 1:
+        # GEMV: bandwidth bound; 8 weight rows share each x load and give 8 independent FMA chains
+        return Tile(1, _largest_divisor(n, 8), lanes)
+    # GEMM: rows*cols accumulators + cols (or rows) live loads; 4x3 on 16 registers, 4x6 on 32
+    rows = 4 if m is None or m >= 4 else m
+    cols = _largest_divisor(n, (n_regs - 4) // rows)
+    return Tile(rows, cols, lanes)
+
+
+# --------------------------------------------------------------------------------------------
+# Pattern
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _NTMatmul:
+    """Iterator roles of a matched reduction block (indices into its iter vars)."""
+
+    m_iters: list[int]  # output rows (tokens, batch); the last one is tiled
+    n_iter: int  # output column = weight row
+    k_iter: int  # reduction = contiguous last axis of x and W
+
+
+def _uses(expr, var: tirx.Var) -> bool:
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+
+
+def match_nt_matmul(sch: s_tir.Schedule, info: SBlockInfo) -> _NTMatmul | None:
+    """``out[..m.., n] (+)= f(x[..m.., k], W[n, k], ...)``: one reduction iter k that is the
+    unit-stride last index of every buffer depending on it; one or more reads are indexed exactly
+    ``[n, k]`` (the weight, maybe with a cast around it); no other read depends on n."""
+    block = sch.get(info.block_rv)
+    kinds = info.dom_kind()
+    if kinds.count("R") != 1 or "O" in kinds or len(block.writes) != 1:
+        return None
+    ivars = [iv.var for iv in block.iter_vars]
+    k_iter = kinds.index("R")
+    k_var = ivars[k_iter]
+    spatial = [i for i, c in enumerate(kinds) if c == "S"]
+    # output indexed by the spatial iters in order; unit dims (M = 1) show up as constants
+    out_idx = [r.min for r in block.writes[0].region if not isinstance(r.min, tirx.IntImm)]
+    if len(out_idx) != len(spatial) or any(not e.same_as(ivars[i]) for e, i in zip(out_idx, spatial)):
+        return None
+    n_iter = None
+    for read in block.reads:
+        idx = [r.min for r in read.region]
+        if not any(_uses(e, k_var) for e in idx):
+            continue  # e.g. a bias
+        # k exactly the last index and nowhere else: contiguous vector loads
+        if not idx[-1].same_as(k_var) or any(_uses(e, k_var) for e in idx[:-1]):
+            return None
+        if len(idx) == 2 and any(idx[0].same_as(ivars[i]) for i in spatial):
+            j = next(i for i in spatial if idx[0].same_as(ivars[i]))
+            if out_idx[-1].same_as(ivars[j]):  # W[n, k] with n the output column
+                if n_iter not in (None, j):
+                    return None
+                n_iter = j
+    if n_iter is None:
+        return None
+    n_var = ivars[n_iter]
+    has_x = False
+    for read in block.reads:  # only W[n, k] may depend on n; some x[.., k] must not
+        idx = [r.min for r in read.region]
+        on_n = any(_uses(e, n_var) for e in idx)
+        if on_n and not (len(idx) == 2 and idx[0].same_as(n_var)):
+            return None
+        has_x |= not on_n and _uses(idx[-1], k_var)
+    if not has_x:
+        return None  # a plain row sum, not a product
+    return _NTMatmul([i for i in spatial if i != n_iter], n_iter, k_iter)
+
+
+def _const(e) -> int | None:
+    """A static extent as int, None when symbolic."""
+    return int(e) if isinstance(e, (int, tirx.IntImm)) else None
+
+
+# --------------------------------------------------------------------------------------------
+# The rule
+# --------------------------------------------------------------------------------------------
+class NTMatmulCPU(dl.ScheduleRule):
+    """dlight rule: schedule ``epilogue(prologue(x) @ W.T)`` for llvm (see the module doc).
+
+    ``tile`` forces one tile for every matmul (benchmarks); by default ``choose_tile`` picks one
+    per shape and target. ``block_bytes`` bounds the weight rows one task sweeps for all its
+    row tiles (kept in L2 while x streams past).
+    """
+
+    def __init__(self, tile: Tile | None = None, block_bytes: int = 256 * 1024):
+        self.tile = tile
+        self.block_bytes = block_bytes
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        try:
+            return self._apply(func, target)
+        except RuntimeError:  # ScheduleError / TVM internal errors: leave the function unscheduled
+            return None
+
+    def _apply(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None or sum(b.is_reduction() for b in infos) != 1:
+            return None
+        main = next(b for b in infos if b.is_reduction())
+        pattern = match_nt_matmul(sch, main)
+        if pattern is None:
+            return None
+        ext = [it.dom for it in main.iters]
+        n, k = _const(ext[pattern.n_iter]), _const(ext[pattern.k_iter])
+        m_ext = [_const(ext[i]) for i in pattern.m_iters]
+        if n is None or k is None:
+            return None
+        tile = self.tile or choose_tile(None if None in m_ext else _prod(m_ext), n, k, target)
+        if tile is None or n % tile.cols or k % tile.lanes:
+            return None
+        # Prologue blocks are inlined into the x loads, epilogue chains into their last block
+        # (the first block after the reduction cannot be: a reduction is never inlined into).
+        infos = try_inline_contiguous_spatial(sch, infos)
+        main_rv = main.block_rv
+        pos = [i for i, b in enumerate(infos) if b.is_reduction()]
+        if len(pos) != 1 or any(not b.is_injective() for b in infos[:pos[0]]):
+            return None
+        tail = [b.block_rv for b in infos[pos[0] + 1:]]  # in dataflow order
+
+        # Row tile: the innermost m iter; other m iters (a unit batch dim) stay outer loops
+        row_iter = pattern.m_iters[-1] if pattern.m_iters else None
+        row_ext = m_ext[-1] if pattern.m_iters else 1
+        rows = tile.rows if row_ext is None else min(tile.rows, row_ext)
+        if row_iter is not None and (row_ext is None or row_ext % rows):
+            tail = self._pad_rows(sch, main_rv, row_iter, rows, len(ext), tile.lanes) + tail
+
+        loops = sch.get_loops(main_rv)
+        sch.reorder(*[loops[i] for i in pattern.m_iters], loops[pattern.n_iter], loops[pattern.k_iter])
+        ko, ki = sch.split(loops[pattern.k_iter], [None, tile.lanes])
+        out_ndim = len(sch.get(main_rv).writes[0].region)
+        rf = sch.rfactor(ki, factor_axis=out_ndim)  # accumulators (..m.., n, lane): lanes contiguous
+        *outer, col, ko, ki = sch.get_loops(rf)
+        row = outer.pop() if row_iter is not None else None
+        col_tiles = n // tile.cols
+        per_task = _largest_divisor(col_tiles, max(1, self.block_bytes // (tile.cols * k * 4)))
+        col_oo, col_oi, col_i = sch.split(col, [None, per_task, tile.cols])
+        if row is not None:
+            row_o, row_i = sch.split(row, [None, rows])
+            sch.reorder(*outer, col_oo, row_o, col_oi, ko, row_i, col_i, ki)
+            par = sch.fuse(*outer, col_oo, row_o)
+            sch.unroll(row_i)
+        else:
+            sch.reorder(*outer, col_oo, col_oi, ko, col_i, ki)
+            par = sch.fuse(*outer, col_oo) if outer else col_oo
+        sch.parallel(par)
+        sch.unroll(col_i)
+        sch.vectorize(ki)
+        sch.set_scope(rf, 0, "local")
+        # lane sums, the padded-output writeback and the epilogue run per task, on hot outputs
+        sch.reverse_compute_at(main_rv, col_oi)
+        for blk in tail:
+            sch.reverse_compute_at(blk, col_oi)
+        sch.decompose_reduction(rf, ko)
+        return sch
+
+    @staticmethod
+    def _pad_rows(sch: s_tir.Schedule, main_rv, row_iter: int, rows: int, n_iters: int, lanes: int):
+        """Pad the row count to a multiple of ``rows`` (symbolic T, or T % rows != 0).
+
+        pad_einsum adds a zero-padded copy of each x input (scheduled here: parallel rows,
+        vector columns) and a writeback of the padded output; the writeback is inlined into the
+        epilogue when there is one, else returned to be computed per tile."""
+        def names(blocks):
+            return {sch.get(b).name_hint for b in blocks}
+
+        old = names(sch.get_producers(main_rv)) | names(sch.get_consumers(main_rv))
+        sch.pad_einsum(main_rv, [rows if i == row_iter else 1 for i in range(n_iters)])
+        kept = []
+        for prod in sch.get_producers(main_rv):
+            if sch.get(prod).name_hint in old:
+                continue
+            loops = sch.get_loops(prod)
+            inner = _const(sch.get(loops[-1]).extent)
+            if len(loops) >= 2 and inner is not None and inner % lanes == 0:
+                sch.vectorize(sch.split(loops[-1], [None, lanes])[1])
+            sch.parallel(loops[0])
+        for cons in sch.get_consumers(main_rv):
+            if sch.get(cons).name_hint in old:
+                continue
+            try:
+                sch.compute_inline(cons)  # the epilogue now reads the padded output directly
+            except RuntimeError:
+                kept.append(cons)  # writes the function's output
+        return kept
+
+
+def _prod(xs):
+    out = 1
+    for x in xs:
+        out *= x
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Pipeline
+# --------------------------------------------------------------------------------------------
+def schedule_matmuls(tile: Tile | None = None) -> tvm.transform.Pass:
+    """The schedule pass alone (needs a target in scope: ``with target:``)."""
+    return dl.ApplyDefaultSchedule(NTMatmulCPU(tile))
+
+
+def cpu_pipeline(target: Target, tile: Tile | None = None) -> tvm.transform.Pass:
+    """``relax.get_default_pipeline(llvm)`` with FuseTransposeMatmul in front of legalization
+    (``x @ W.T`` becomes one NT_matmul, not a transpose kernel plus a matmul) and the matmul
+    schedule after FuseTIR."""
+    target = Target(target) if not isinstance(target, Target) else target
+
+    @tvm.transform.module_pass(opt_level=0, name="RWKVCPUPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            seq = tvm.transform.Sequential(
+                [relax.transform.FuseTransposeMatmul()]
+                + cpu_generic.library_dispatch_passes(target)
+                + cpu_generic.legalize_passes(target)  # Legalize, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR
+                + [schedule_matmuls(tile)]
+                + cpu_generic.dataflow_lower_passes(target)
+                + cpu_generic.finalize_passes(target))
+            return seq(mod)
+
+    return _pipeline
