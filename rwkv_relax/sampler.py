@@ -27,8 +27,9 @@ token_stop = ()        token_stop         :meth:`is_stop_token`
 The logit adjustment is ChatRWKV's ``out[n] -= alpha_presence + occurrence[n] * alpha_frequency``;
 its sampler filters softmax probabilities by top-p then top-k and only then applies the
 temperature (``probs ** (1 / T)``), which equals a softmax of ``logits / T`` over the kept tokens.
-Two deliberate differences: ``top_p >= 1`` keeps every token (ChatRWKV's cumulative sum can stay
-just below 1.0 in float32, making its cutoff the top token, i.e. greedy), and temperature 0 is
+Two deliberate differences: ``top_p >= 1`` (or a top_p the cumulative sum never reaches) keeps
+every token -- ChatRWKV's float32 cumulative sum often stays just below 1.0, and then its cutoff
+is the top token, i.e. ``top_p=1.0`` samples greedily about half the time; and temperature 0 is
 a plain argmax instead of a random pick among tied maxima.
 """
 from __future__ import annotations

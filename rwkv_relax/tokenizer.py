@@ -157,9 +157,9 @@ def _trie_pattern(tokens: Iterable[bytes]) -> bytes:
     Each trie node becomes ``(?:child1...|child2...|)``: alternatives are tried in order and each
     consumes a different first byte, so the engine walks the single trie path, deepest match
     first, and backtracks to the nearest token (the trailing empty alternative) only when the
-    path dies -- exactly TRIE_TOKENIZER's ``find_longest``. Leaf children are merged into one
-    character class and tried first; larger subtrees come before smaller ones, which puts common
-    continuations early in the engine's linear scan over alternatives.
+    path dies -- exactly TRIE_TOKENIZER's ``find_longest``. Below the root, leaf children are
+    merged into one character class tried first; larger subtrees come before smaller ones, which
+    puts common continuations early in the engine's linear scan over alternatives.
     """
     root: dict = {}
     for token in tokens:
@@ -269,7 +269,7 @@ class WorldTokenizer:
         """Token ids of ``text`` (str is UTF-8 encoded; bytes are taken as they are)."""
         data = _as_bytes(text)
         if len(data) < _CUT_MIN_INPUT:
-            return self._match(data.decode("latin-1"), len(data), data)
+            return self._match(data.decode("latin-1"), data)
         # cut between bytes a b where no token contains "a b": greedy matches never cross a cut
         a = np.frombuffer(data, dtype=np.uint8)
         cuts = np.flatnonzero(~self._inside_pair[(a[:-1].astype(np.int32) << 8) | a[1:]]) + 1
@@ -278,7 +278,7 @@ class WorldTokenizer:
         known = self._pieces
         new = set(pieces).difference(known)
         if 2 * len(new) > len(pieces):  # mostly unseen text: caching would cost more than it saves
-            return self._match(data.decode("latin-1"), len(data), data)
+            return self._match(data.decode("latin-1"), data)
         if new:
             if len(known) + len(new) > _PIECE_CACHE_MAX:
                 known.clear()
@@ -286,7 +286,7 @@ class WorldTokenizer:
         try:
             ids = list(itertools.chain.from_iterable(map(known.__getitem__, pieces)))
         except KeyError:  # another thread emptied the cache meanwhile: match without it
-            return self._match(marked, len(data), data)
+            return self._match(marked, data)
         if len(known) > _PIECE_CACHE_MAX:  # this input alone had more new pieces than fit
             known.clear()
         for piece in new:
@@ -294,10 +294,11 @@ class WorldTokenizer:
                 known.pop(piece, None)
         return ids
 
-    def _match(self, text: str, n_bytes: int, data: bytes) -> list[int]:
-        """Ids of the longest-match tokens in latin-1 ``text`` (cut marks never match)."""
+    def _match(self, text: str, data: bytes) -> list[int]:
+        """Ids of the longest-match tokens in ``text``: ``data`` in latin-1, maybe with cut marks
+        (which never match)."""
         matches = self._regex.findall(text)
-        if sum(map(len, matches)) != n_bytes:  # findall skipped a byte no token starts with
+        if sum(map(len, matches)) != len(data):  # findall skipped a byte no token starts with
             self._raise_unencodable(data)
         return list(map(self._latin1_to_id.__getitem__, matches))
 
