@@ -59,7 +59,7 @@ def _android(arch: str | None) -> dict:
 
 
 def _webgpu(arch: str | None) -> dict:
-    return {"kind": "webgpu", "max_threads_per_block": 256, "max_shared_memory_per_block": 16384,
+    return {"kind": "webgpu", "max_num_threads": 256, "max_shared_memory_per_block": 16384,
             "thread_warp_size": 1,
             "host": {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}}
 
