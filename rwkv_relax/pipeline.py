@@ -156,7 +156,7 @@ def compile_module(mod: tvm.IRModule, target: tvm.target.Target, system_lib_pref
             install_cuda_compile_callback()
         try:
             return relax.build(mod, target, relax_pipeline=relax_pipeline(target),
-                               system_lib=system_lib_prefix is not None)
+                               system_lib=True if system_lib_prefix is not None else None)  # None: TVM decides (wasm: yes)
         except Exception as err:  # TVM raises plain errors; only the missing codegen is ours
             if "target.build.vulkan" in str(err):
                 raise ToolchainError(
@@ -214,7 +214,7 @@ def build(model: str, target: str = "llvm", output: str | Path | None = None,
     if preset.name == "cuda" and not cuda_runtime_loaded():
         return _build_in_child(model, target, out, quantization, arch, overrides)
     mod, _, _ = export(source, quantization, source.keep_embedding_head)
-    prefix = system_lib_prefix(source, quantization) if preset.system_lib else None
+    prefix = system_lib_prefix(source, quantization) if preset.prefixed_system_lib else None
     ex = compile_module(mod, tvm_target, prefix)
     return atomic_write(out, lambda tmp: preset.export(ex, tmp, prefix))
 

@@ -117,7 +117,10 @@ class TargetPreset:
     make_target: Callable[[str | None], dict]  # arch override -> TVM target dict
     extension: str
     export: Callable
-    system_lib: bool
+    # a static system library whose symbols carry a per-model prefix, so that several models can
+    # link into one app (iphone, android). wasm is a system library too, but unprefixed: one model
+    # per .wasm, found by tvmjs's createVirtualMachine as web-llm expects.
+    prefixed_system_lib: bool
     description: str
 
     def target(self, arch: str | None = None) -> tvm.target.Target:
@@ -135,7 +138,7 @@ PRESETS: dict[str, TargetPreset] = {p.name: p for p in (
                  False, "Apple silicon Macs (Metal)"),
     TargetPreset("iphone", _iphone, ".tar", _export_tar, True, "iOS (Metal, static system lib)"),
     TargetPreset("android", _android, ".tar", _export_tar, True, "Android (OpenCL, static system lib)"),
-    TargetPreset("webgpu", _webgpu, ".wasm", _export_webgpu, True, "browsers (WebGPU + wasm)"),
+    TargetPreset("webgpu", _webgpu, ".wasm", _export_webgpu, False, "browsers (WebGPU + wasm)"),
     TargetPreset("vulkan", _vulkan, ".so", _export_vulkan, False, "Vulkan (SPIR-V; needs a TVM with Vulkan)"),
 )}
 

@@ -43,7 +43,7 @@ def built(factory, tmp_path_factory):
             source = resolve_model(str(factory.checkpoint(arch, "targets", **ARCHS[arch])))
             preset = get_target(target)
             mod, _, _ = export(source, mode)
-            prefix = system_lib_prefix(source, mode) if preset.system_lib else None
+            prefix = system_lib_prefix(source, mode) if preset.prefixed_system_lib else None
             ex = compile_module(mod, preset.target(), prefix)
             path = root / f"{arch}-{mode}-{target}{preset.extension}"
             preset.export(ex, str(path), prefix)

@@ -26,10 +26,12 @@ async function runModel(cfg) {
 
   tvm.beginScope();
   try {
-    // tvm.createVirtualMachine(dev) looks in the system lib without a prefix; our libraries
-    // carry one (several models can share an app binary), so open the VM from it directly.
-    const lib = tvm.getGlobalFunc("ffi.SystemLib")(cfg.prefix);
-    const vm = new tvmjs.VirtualMachine(lib.getFunction("vm_load_executable")(), dev);
+    // wasm libraries are unprefixed system libs, so the standard loader finds the VM; a prefix
+    // (for apps linking several models) selects that model's symbols instead
+    const vm = cfg.prefix
+      ? new tvmjs.VirtualMachine(
+          tvm.getGlobalFunc("ffi.SystemLib")(cfg.prefix).getFunction("vm_load_executable")(), dev)
+      : tvm.createVirtualMachine(dev);
     await tvm.asyncLoadWebGPUPipelines(vm.getInternalModule());
     const metadata = JSON.parse(vm.getFunction("_metadata")());
     const V = metadata.vocab_size;
