@@ -17,7 +17,7 @@ from rwkv_relax.pipeline import ModelSource, export, system_lib_prefix
 from rwkv_relax.registry import get_architecture
 from rwkv_relax.targets import get_target
 from rwkv_relax.testing.opencl_runner import AndroidBuild, OpenCLUnavailable, open_device
-from tir_kernels.wkv4 import wkv4_numpy, wkv4_ragged_numpy
+from tir_kernels.wkv4 import STATE_ROWS, wkv4_numpy, wkv4_ragged_numpy
 from tir_kernels.wkv5 import wkv5_numpy, wkv5_ragged_numpy
 
 ARCHS = {
@@ -72,10 +72,11 @@ def realistic(func: str, param: str, shape, dtype, sizes, rng):
     if func.startswith("wkv4"):
         if param == "w":
             return -np.exp(rng.standard_normal(shape))  # -exp(time_decay) < 0
-        if param == "bb_in":
-            return rng.uniform(0.5, 4.0, shape)  # a sum of exps: > 0, or the division blows up
-        if param == "pp_in":
-            return rng.standard_normal(shape) * 3
+        if param == "s_in":  # rows aa, bb, pp (tir_kernels/wkv4.py)
+            row = shape[1:]
+            return np.stack([rng.standard_normal(row),
+                             rng.uniform(0.5, 4.0, row),  # bb: a sum of exps, > 0, or the division blows up
+                             rng.standard_normal(row) * 3])  # pp: a running exponent of either sign
     if param == "arange":  # seg_one_token_each's output: start it unlike what the kernel writes
         return np.full(shape, -1)
     return None
@@ -125,9 +126,10 @@ def test_wkv4_matches_numpy(builds, device, rng, T):
     build = builds("rwkv4")
     [name] = build.find("wkv4")
     c = build.check(name, {"seq_len": T}, rng, device, realistic)
-    want = wkv4_numpy(*(c.input(p) for p in ("k", "v", "w", "u", "aa_in", "bb_in", "pp_in")))
-    for param, w in zip(("out", "aa_out", "bb_out", "pp_out"), want):
-        assert rel_err(c[param], w) < RTOL, param
+    out, s = wkv4_numpy(*(c.input(p) for p in ("k", "v", "w", "u", "s_in")))
+    assert rel_err(c["out"], out) < RTOL
+    for row, name in enumerate(STATE_ROWS):  # each state row on its own scale
+        assert rel_err(c["s_out"][row], s[row]) < RTOL, name
 
 
 @pytest.mark.parametrize("tokens,seqs", [(17, 3), (3, 3)])
@@ -135,10 +137,10 @@ def test_wkv4_ragged_matches_numpy(builds, device, rng, tokens, seqs):
     build = builds("rwkv4")
     [name] = build.find("wkv4_ragged")
     c = build.check(name, {"total_len": tokens, "B": seqs}, rng, device, realistic)
-    names = ("k", "v", "w", "u", "aa_in", "bb_in", "pp_in", "seg_last")
-    want = wkv4_ragged_numpy(*(c.input(p) for p in names))
-    for param, w in zip(("out", "aa_out", "bb_out", "pp_out"), want):
-        assert rel_err(c[param], w) < RTOL, param
+    out, s = wkv4_ragged_numpy(*(c.input(p) for p in ("k", "v", "w", "u", "s_in", "seg_last")))
+    assert rel_err(c["out"], out) < RTOL
+    for row, name in enumerate(STATE_ROWS):  # each state row on its own scale
+        assert rel_err(c["s_out"][row], s[row]) < RTOL, name
 
 
 @pytest.mark.parametrize("fault", ["half_grid", "swapped_buffers"])

@@ -95,11 +95,7 @@ def run_in_browser(configs: list[dict], model_dir: Path, tmp_path: Path) -> list
 # What tvmjs's detectGPUDevice requests of the adapter (WebGPU's default is 8): a kernel with
 # more storage buffers fails pipeline creation in every browser.
 MAX_STORAGE_BUFFERS = 10
-WKV4_TOO_WIDE = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="tir_kernels/wkv4.py: wkv4 binds 11 storage buffers (k, v, w, u, aa/bb/pp in, out, "
-           "aa/bb/pp out), wkv4_ragged 12; tvmjs's WebGPU device allows 10")
-ARCH_PARAMS = [pytest.param("rwkv5"), pytest.param("rwkv4", marks=WKV4_TOO_WIDE)]
+ARCH_PARAMS = ["rwkv5", "rwkv4"]
 
 
 @pytest.fixture(scope="module")

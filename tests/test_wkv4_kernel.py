@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tvm
 
-from tir_kernels.wkv4 import wkv4, wkv4_numpy, wkv4_ragged, wkv4_ragged_numpy
+from tir_kernels.wkv4 import STATE_ROWS, wkv4, wkv4_numpy, wkv4_ragged, wkv4_ragged_numpy
 
 RTOL = 1e-5  # measured: max |kernel - twin| / max |twin| is ~2e-7 at T = 256 (exp rounding only)
 FRESH_PP = -1e30  # ChatRWKV's initial pp (rwkv/model.py, state[i*5+3] = zeros - 1e30)
@@ -30,12 +30,12 @@ def _build(factory_name: str, C: int):
 
 
 def _inputs(rng, T, C, carried, B=None):
-    """Random k, v, w, u and a state; the state has a leading B axis when B is given."""
+    """Random k, v, w, u and a packed state s (3, C), rows aa, bb, pp; (3, B, C) when B is given."""
     k = rng.standard_normal((T, C), dtype=np.float32)
     v = rng.standard_normal((T, C), dtype=np.float32)
     w = -np.exp(rng.standard_normal(C).astype(np.float32))  # = -exp(time_decay), as loaded by ChatRWKV
     u = rng.standard_normal(C).astype(np.float32)
-    shape = (C,) if B is None else (B, C)
+    shape = (C,) if B is None else (B, C)  # of each state row
     if carried:  # any bb > 0, pp of either sign: reachable states after some tokens
         aa = rng.standard_normal(shape).astype(np.float32)
         bb = rng.uniform(0.5, 4.0, shape).astype(np.float32)
@@ -44,7 +44,7 @@ def _inputs(rng, T, C, carried, B=None):
         aa = np.zeros(shape, np.float32)
         bb = np.zeros(shape, np.float32)
         pp = np.full(shape, FRESH_PP, np.float32)
-    return k, v, w, u, aa, bb, pp
+    return k, v, w, u, np.stack([aa, bb, pp])
 
 
 def _call(fn, inputs, out_shapes):
@@ -58,22 +58,26 @@ def _call(fn, inputs, out_shapes):
     return [o.numpy() for o in outs]
 
 
-def run_wkv4(k, v, w, u, aa, bb, pp):
+def run_wkv4(k, v, w, u, s):
+    """(out (T, C), s_out (3, C))."""
     T, C = k.shape
-    return _call(_build("wkv4", C), [k, v, w, u, aa, bb, pp], [(T, C), (C,), (C,), (C,)])
+    return _call(_build("wkv4", C), [k, v, w, u, s], [(T, C), (3, C)])
 
 
-def run_wkv4_ragged(k, v, w, u, aa, bb, pp, seg_last):
+def run_wkv4_ragged(k, v, w, u, s, seg_last):
+    """(out (T_total, C), s_out (3, B, C))."""
     T, C = k.shape
     B = seg_last.shape[0]
-    return _call(_build("wkv4_ragged", C), [k, v, w, u, aa, bb, pp, seg_last],
-                 [(T, C), (B, C), (B, C), (B, C)])
+    return _call(_build("wkv4_ragged", C), [k, v, w, u, s, seg_last], [(T, C), (3, B, C)])
 
 
 def assert_matches(got, ref, rtol=RTOL):
-    """Elementwise, relative to each output's largest value: aa is a sum of signed terms, so a
-    near-zero entry has a large relative error that says nothing about the kernel."""
-    for name, g, r in zip(("out", "aa", "bb", "pp"), got, ref):
+    """got, ref: (out, s_out). Elementwise, relative to the largest value of out and of each state
+    row (aa, bb, pp on their own scales): aa is a sum of signed terms, so a near-zero entry has a
+    large relative error that says nothing about the kernel."""
+    (out, s), (out_ref, s_ref) = got, ref
+    assert s.shape == s_ref.shape and s.shape[0] == len(STATE_ROWS)
+    for name, g, r in zip(("out", *STATE_ROWS), (out, *s), (out_ref, *s_ref)):
         assert np.all(np.isfinite(g)), name
         np.testing.assert_allclose(g, r, rtol=rtol, atol=rtol * float(np.max(np.abs(r))), err_msg=name)
 
@@ -95,20 +99,23 @@ def test_wkv4_input_state_unchanged():
     rng = np.random.default_rng(7)
     inputs = _inputs(rng, 17, 64, carried=True)
     copies = [x.copy() for x in inputs]
-    _, aa, bb, pp = run_wkv4(*inputs)  # _call also checks the device-side inputs
+    _, s = run_wkv4(*inputs)  # _call also checks the device-side inputs
     for x, x0 in zip(inputs, copies):
         np.testing.assert_array_equal(x, x0)
-    assert not np.array_equal(aa, inputs[4])  # the new state went to the outputs
+    assert not np.array_equal(s, inputs[4])  # the new state went to the outputs
+    # the twin does not write its input state either
+    wkv4_numpy(*inputs)
+    np.testing.assert_array_equal(inputs[4], copies[4])
 
 
 def test_wkv4_chunked_equals_whole():
     """The RNN property: two calls carrying the state equal one call over the whole sequence."""
     rng = np.random.default_rng(8)
-    k, v, w, u, aa, bb, pp = _inputs(rng, 17, 40, carried=False)
-    whole = run_wkv4(k, v, w, u, aa, bb, pp)
-    out1, *state = run_wkv4(k[:6], v[:6], w, u, aa, bb, pp)
-    out2, *state = run_wkv4(k[6:], v[6:], w, u, *state)
-    assert_matches([np.concatenate([out1, out2]), *state], whole)
+    k, v, w, u, s = _inputs(rng, 17, 40, carried=False)
+    whole = run_wkv4(k, v, w, u, s)
+    out1, s = run_wkv4(k[:6], v[:6], w, u, s)
+    out2, s = run_wkv4(k[6:], v[6:], w, u, s)
+    assert_matches([np.concatenate([out1, out2]), s], whole)
 
 
 def _naive_wkv4(k, v, w, u, dtype):
@@ -131,7 +138,7 @@ def test_wkv4_large_keys_stay_finite():
     does not, and it still equals the float64 naive recurrence (which has room up to e^709)."""
     rng = np.random.default_rng(9)
     T, C = 33, 64
-    k, v, w, u, aa, bb, pp = _inputs(rng, T, C, carried=False)
+    k, v, w, u, s = _inputs(rng, T, C, carried=False)
     k = (rng.standard_normal((T, C)) * 50).astype(np.float32)
     k[rng.random((T, C)) < 0.05] = 200.0
     k[rng.random((T, C)) < 0.05] = -200.0
@@ -139,8 +146,8 @@ def test_wkv4_large_keys_stay_finite():
     naive32 = _naive_wkv4(k, v, w, u, np.float32)
     assert not np.all(np.isfinite(naive32)), "inputs too tame: the naive float32 formula did not overflow"
 
-    got = run_wkv4(k, v, w, u, aa, bb, pp)
-    ref = wkv4_numpy(k, v, w, u, aa, bb, pp)
+    got = run_wkv4(k, v, w, u, s)
+    ref = wkv4_numpy(k, v, w, u, s)
     assert_matches(got, ref)
     naive64 = _naive_wkv4(k, v, w, u, np.float64)
     assert np.all(np.isfinite(naive64))
@@ -152,7 +159,8 @@ def test_twin_matches_chatrwkv_loop():
     line into torch, from a carried state."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(10)
-    k, v, w, u, aa, bb, pp = _inputs(rng, 17, 64, carried=True)
+    k, v, w, u, s = _inputs(rng, 17, 64, carried=True)
+    aa, bb, pp = s
     t_decay, t_first = torch.from_numpy(w), torch.from_numpy(u)
     kt, vt = torch.from_numpy(k), torch.from_numpy(v)
     taa, tbb, tpp = torch.from_numpy(aa), torch.from_numpy(bb), torch.from_numpy(pp)
@@ -172,8 +180,8 @@ def test_twin_matches_chatrwkv_loop():
         taa = e1 * taa + e2 * vv
         tbb = e1 * tbb + e2
         tpp = p
-    ref = [x.numpy() for x in (sx, taa, tbb, tpp)]
-    assert_matches(wkv4_numpy(k, v, w, u, aa, bb, pp), ref)
+    ref = [sx.numpy(), torch.stack([taa, tbb, tpp]).numpy()]
+    assert_matches(wkv4_numpy(k, v, w, u, s), ref)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,31 +194,32 @@ def test_twin_matches_chatrwkv_loop():
 def test_wkv4_ragged(C, lengths, carried):
     rng = np.random.default_rng([C, len(lengths), sum(lengths), carried])
     B = len(lengths)
-    k, v, w, u, aa, bb, pp = _inputs(rng, sum(lengths), C, carried, B=B)
+    k, v, w, u, s = _inputs(rng, sum(lengths), C, carried, B=B)
     seg_last = (np.cumsum(lengths) - 1).astype(np.int32)
-    got = run_wkv4_ragged(k, v, w, u, aa, bb, pp, seg_last)
-    assert_matches(got, wkv4_ragged_numpy(k, v, w, u, aa, bb, pp, seg_last))
+    got = run_wkv4_ragged(k, v, w, u, s, seg_last)
+    assert_matches(got, wkv4_ragged_numpy(k, v, w, u, s, seg_last))
 
     # The same code per segment: the single-sequence kernel gives bit-identical results.
     start = 0
     for b, last in enumerate(seg_last):
         seg = slice(start, last + 1)
-        single = run_wkv4(k[seg], v[seg], w, u, aa[b], bb[b], pp[b])
+        single = run_wkv4(k[seg], v[seg], w, u, np.ascontiguousarray(s[:, b]))
         np.testing.assert_array_equal(got[0][seg], single[0])
-        for g, s in zip(got[1:], single[1:]):
-            np.testing.assert_array_equal(g[b], s)
+        np.testing.assert_array_equal(got[1][:, b], single[1])
         start = last + 1
 
 
 def test_ragged_twin_is_single_twin_per_segment():
     rng = np.random.default_rng(11)
-    k, v, w, u, aa, bb, pp = _inputs(rng, 7, 8, carried=True, B=2)
+    k, v, w, u, s = _inputs(rng, 7, 8, carried=True, B=2)
+    s0 = s.copy()
     seg_last = np.array([2, 6], np.int32)
-    out, aa1, bb1, pp1 = wkv4_ragged_numpy(k, v, w, u, aa, bb, pp, seg_last)
-    first = wkv4_numpy(k[:3], v[:3], w, u, aa[0], bb[0], pp[0])
-    second = wkv4_numpy(k[3:], v[3:], w, u, aa[1], bb[1], pp[1])
+    out, s1 = wkv4_ragged_numpy(k, v, w, u, s, seg_last)
+    np.testing.assert_array_equal(s, s0)  # input state untouched
+    first = wkv4_numpy(k[:3], v[:3], w, u, s[:, 0])
+    second = wkv4_numpy(k[3:], v[3:], w, u, s[:, 1])
     np.testing.assert_array_equal(out, np.concatenate([first[0], second[0]]))
-    np.testing.assert_array_equal(aa1, np.stack([first[1], second[1]]))
+    np.testing.assert_array_equal(s1, np.stack([first[1], second[1]], axis=1))  # (3, B, C)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,6 +243,28 @@ def test_cpu_form_is_vectorised(C, lanes):
     ll = tvm.compile(mod, _llvm_target()).mod.inspect_source("ll")
     assert f"<{lanes} x float>" in ll
     assert "expf" not in ll and "llvm.exp" not in ll
+
+
+# WebGPU's default maxStorageBuffersPerShaderStage; tvmjs asks the adapter for 10. Every buffer
+# param becomes one storage binding of the shader (scalars such as T go into a uniform).
+WEBGPU_DEFAULT_STORAGE_BUFFERS = 8
+
+
+def _buffer_params(func) -> list[str]:
+    """Names of the PrimFunc's buffer params (in tirx 0.27 a buffer param is a Var of BufferType)."""
+    return [p.name for p in func.params if isinstance(p.ty, tvm.tirx.BufferType)]
+
+
+@pytest.mark.parametrize("factory, names", [
+    (wkv4, ["k", "v", "w", "u", "s_in", "out", "s_out"]),
+    (wkv4_ragged, ["k", "v", "w", "u", "s_in", "seg_last", "out", "s_out"]),
+])
+def test_gpu_form_fits_webgpu_default_storage_buffers(factory, names):
+    for target in ("cpu", "gpu"):
+        func = factory(40, target)
+        assert _buffer_params(func) == names  # the interface the model calls, in order
+        assert len(func.params) == len(names)  # nothing but buffers
+    assert len(names) <= WEBGPU_DEFAULT_STORAGE_BUFFERS
 
 
 GPU_TARGETS = {
@@ -270,6 +301,9 @@ def test_gpu_form_builds(factory, C, kind):
         assert block_word in src
     if C % 64:
         assert f"< {C}" in src or f"< {C}i" in src  # the guard survived
+    if kind == "webgpu":  # what the browser binds: one storage buffer per buffer param
+        assert src.count("var<storage") == len(_buffer_params(factory(C, "gpu")))
+        assert src.count("var<storage") <= WEBGPU_DEFAULT_STORAGE_BUFFERS
     if kind == "cuda":
         if shutil.which("nvcc") is None:
             pytest.skip("nvcc not on PATH")
@@ -298,12 +332,12 @@ def test_gpu_form_runs_on_cuda():
     target = tvm.target.Target({"kind": "cuda", "arch": arch, "host": {"kind": "llvm"}})
     C, lengths = 40, (1, 5, 17)
     rng = np.random.default_rng(12)
-    k, v, w, u, aa, bb, pp = _inputs(rng, sum(lengths), C, carried=True, B=len(lengths))
+    k, v, w, u, s = _inputs(rng, sum(lengths), C, carried=True, B=len(lengths))
+    s0 = np.ascontiguousarray(s[:, 0])
     seg_last = (np.cumsum(lengths) - 1).astype(np.int32)
     for factory, inputs, ref in (
-        (wkv4, [k, v, w, u, aa[0], bb[0], pp[0]], wkv4_numpy(k, v, w, u, aa[0], bb[0], pp[0])),
-        (wkv4_ragged, [k, v, w, u, aa, bb, pp, seg_last],
-         wkv4_ragged_numpy(k, v, w, u, aa, bb, pp, seg_last)),
+        (wkv4, [k, v, w, u, s0], wkv4_numpy(k, v, w, u, s0)),
+        (wkv4_ragged, [k, v, w, u, s, seg_last], wkv4_ragged_numpy(k, v, w, u, s, seg_last)),
     ):
         name = factory.__name__
         fn = tvm.compile(tvm.IRModule({name: factory(C, "gpu").with_attr("global_symbol", name)}),

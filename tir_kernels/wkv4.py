@@ -19,15 +19,19 @@ and every ``exp`` here gets a non-positive argument (``x - max(x, y)``), so it l
 
 Kernels (factories; ``C`` is a static Python int, sequence lengths are symbolic int64 vars):
 
-* ``wkv4(C, target)``: one sequence. Params ``k, v (T, C), w, u (C,), aa_in, bb_in, pp_in (C,)``, then
-  outputs ``out (T, C), aa_out, bb_out, pp_out (C,)``. Needs ``T >= 1``.
+* ``wkv4(C, target)``: one sequence. Params ``k, v (T, C), w, u (C,), s_in (3, C)``, then outputs
+  ``out (T, C), s_out (3, C)``: 7 buffers. Needs ``T >= 1``.
 * ``wkv4_ragged(C, target)``: B sequences packed back to back along the token axis (MLC-style batched
-  prefill/decode). Params ``k, v (T_total, C), w, u (C,), aa_in, bb_in, pp_in (B, C), seg_last (B,) int32``,
-  then outputs ``out (T_total, C), aa_out, bb_out, pp_out (B, C)``. Sequence b covers tokens
+  prefill/decode). Params ``k, v (T_total, C), w, u (C,), s_in (3, B, C), seg_last (B,) int32``, then
+  outputs ``out (T_total, C), s_out (3, B, C)``: 8 buffers. Sequence b covers tokens
   ``seg_last[b-1] + 1 .. seg_last[b]`` (inclusive; sequence 0 starts at 0) and must have at least one.
   Rows of ``out`` after ``seg_last[B-1]`` are left unwritten.
 
-The input state buffers are only read, so a caller can keep them for rollback.
+The state travels packed: rows ``s[0], s[1], s[2]`` are ``aa, bb, pp`` (``STATE_ROWS``). Three
+separate buffers in and out would make 11 storage bindings (12 ragged), over the 10 that tvmjs asks
+a WebGPU adapter for and WebGPU's default of 8, so the pipeline would fail in every browser. The
+model keeps ChatRWKV's three (A,) entries per layer and packs them at the kernel call. The input
+state buffer is only read, so a caller can keep it for rollback.
 
 ``target="cpu"``: ``T.parallel`` over chunks of ``lanes`` channels, ``lanes`` the largest of
 16/8/4/2/1 dividing C; inside a chunk the serial t loop wraps a ``T.vectorized`` lane loop, and the
@@ -40,6 +44,7 @@ import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
+STATE_ROWS = ("aa", "bb", "pp")  # the leading axis of s_in / s_out
 GPU_THREADS = 64  # threads per block; small so that C = 768 still spreads over 12 blocks (SMs)
 
 _CPU_LANES = (16, 8, 4, 2, 1)  # 16 x f32 = one AVX-512 register or two AVX2 ones
@@ -118,17 +123,15 @@ def _scan_macro(gpu: bool, lanes: int):
 def wkv4(C: int, target: str = "cpu"):
     """RWKV-4 WKV over one sequence of symbolic length T >= 1 (see the module docstring).
 
-    Params: k, v (T, C); w, u (C,); aa_in, bb_in, pp_in (C,); out (T, C); aa_out, bb_out, pp_out (C,)."""
+    Params: k, v (T, C); w, u (C,); s_in (3, C); out (T, C); s_out (3, C). State rows: aa, bb, pp."""
     gpu, lanes, threads, n_outer = _layout(C, target)
     scan = _scan_macro(gpu, lanes)
     f32 = "float32"
 
     @T.prim_func(private=True, s_tir=True)
     def wkv4_func(var_k: T.handle, var_v: T.handle,
-                  w: T.Buffer((C,), f32), u: T.Buffer((C,), f32),
-                  aa_in: T.Buffer((C,), f32), bb_in: T.Buffer((C,), f32), pp_in: T.Buffer((C,), f32),
-                  var_out: T.handle,
-                  aa_out: T.Buffer((C,), f32), bb_out: T.Buffer((C,), f32), pp_out: T.Buffer((C,), f32)):
+                  w: T.Buffer((C,), f32), u: T.Buffer((C,), f32), s_in: T.Buffer((3, C), f32),
+                  var_out: T.handle, s_out: T.Buffer((3, C), f32)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         seq_len = T.int64()
         k = T.match_buffer(var_k, (seq_len, C), f32)
@@ -138,9 +141,8 @@ def wkv4(C: int, target: str = "cpu"):
             for tx in (T.thread_binding(threads, thread="threadIdx.x") if gpu else T.serial(threads)):
                 with T.sblock("wkv4"):
                     vco, vtx = T.axis.remap("SS", [co, tx])
-                    T.reads(k[0:seq_len, 0:C], v[0:seq_len, 0:C], w[0:C], u[0:C],
-                            aa_in[0:C], bb_in[0:C], pp_in[0:C])
-                    T.writes(out[0:seq_len, 0:C], aa_out[0:C], bb_out[0:C], pp_out[0:C])
+                    T.reads(k[0:seq_len, 0:C], v[0:seq_len, 0:C], w[0:C], u[0:C], s_in[0:3, 0:C])
+                    T.writes(out[0:seq_len, 0:C], s_out[0:3, 0:C])
                     aa = T.alloc_buffer((lanes,), f32, scope="local")
                     bb = T.alloc_buffer((lanes,), f32, scope="local")
                     pp = T.alloc_buffer((lanes,), f32, scope="local")
@@ -151,16 +153,16 @@ def wkv4(C: int, target: str = "cpu"):
                     # simplifier proves it true and drops it.
                     if c0 < C:
                         for l in (T.serial(lanes) if gpu else T.vectorized(lanes)):
-                            aa[l] = aa_in[c0 + l]
-                            bb[l] = bb_in[c0 + l]
-                            pp[l] = pp_in[c0 + l]
+                            aa[l] = s_in[0, c0 + l]
+                            bb[l] = s_in[1, c0 + l]
+                            pp[l] = s_in[2, c0 + l]
                             w_l[l] = w[c0 + l]
                             u_l[l] = u[c0 + l]
                         scan(k, v, out, w_l, u_l, aa, bb, pp, c0, T.int64(0), seq_len)
                         for l in (T.serial(lanes) if gpu else T.vectorized(lanes)):
-                            aa_out[c0 + l] = aa[l]
-                            bb_out[c0 + l] = bb[l]
-                            pp_out[c0 + l] = pp[l]
+                            s_out[0, c0 + l] = aa[l]
+                            s_out[1, c0 + l] = bb[l]
+                            s_out[2, c0 + l] = pp[l]
 
     return wkv4_func
 
@@ -168,8 +170,8 @@ def wkv4(C: int, target: str = "cpu"):
 def wkv4_ragged(C: int, target: str = "cpu"):
     """RWKV-4 WKV over B sequences packed back to back (see the module docstring).
 
-    Params: k, v (T_total, C); w, u (C,); aa_in, bb_in, pp_in (B, C); seg_last (B,) int32;
-    out (T_total, C); aa_out, bb_out, pp_out (B, C). B and T_total are symbolic."""
+    Params: k, v (T_total, C); w, u (C,); s_in (3, B, C); seg_last (B,) int32; out (T_total, C);
+    s_out (3, B, C). State rows: aa, bb, pp. B and T_total are symbolic."""
     gpu, lanes, threads, n_outer = _layout(C, target)
     scan = _scan_macro(gpu, lanes)
     f32 = "float32"
@@ -177,22 +179,17 @@ def wkv4_ragged(C: int, target: str = "cpu"):
     @T.prim_func(private=True, s_tir=True)
     def wkv4_ragged_func(var_k: T.handle, var_v: T.handle,
                          w: T.Buffer((C,), f32), u: T.Buffer((C,), f32),
-                         var_aa_in: T.handle, var_bb_in: T.handle, var_pp_in: T.handle,
-                         var_seg_last: T.handle, var_out: T.handle,
-                         var_aa_out: T.handle, var_bb_out: T.handle, var_pp_out: T.handle):
+                         var_s_in: T.handle, var_seg_last: T.handle, var_out: T.handle,
+                         var_s_out: T.handle):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         total_len = T.int64()
         B = T.int64()
         k = T.match_buffer(var_k, (total_len, C), f32)
         v = T.match_buffer(var_v, (total_len, C), f32)
         out = T.match_buffer(var_out, (total_len, C), f32)
-        aa_in = T.match_buffer(var_aa_in, (B, C), f32)
-        bb_in = T.match_buffer(var_bb_in, (B, C), f32)
-        pp_in = T.match_buffer(var_pp_in, (B, C), f32)
+        s_in = T.match_buffer(var_s_in, (3, B, C), f32)
         seg_last = T.match_buffer(var_seg_last, (B,), "int32")
-        aa_out = T.match_buffer(var_aa_out, (B, C), f32)
-        bb_out = T.match_buffer(var_bb_out, (B, C), f32)
-        pp_out = T.match_buffer(var_pp_out, (B, C), f32)
+        s_out = T.match_buffer(var_s_out, (3, B, C), f32)
         # b and the channel chunk share one loop: nested T.parallel is not supported on llvm, and
         # one grid axis on GPU keeps decode (many sequences of 1 token) fully parallel.
         for bo in (T.thread_binding(B * n_outer, thread="blockIdx.x") if gpu
@@ -201,9 +198,8 @@ def wkv4_ragged(C: int, target: str = "cpu"):
                 with T.sblock("wkv4_ragged"):
                     vbo, vtx = T.axis.remap("SS", [bo, tx])
                     T.reads(k[0:total_len, 0:C], v[0:total_len, 0:C], w[0:C], u[0:C],
-                            aa_in[0:B, 0:C], bb_in[0:B, 0:C], pp_in[0:B, 0:C], seg_last[0:B])
-                    T.writes(out[0:total_len, 0:C], aa_out[0:B, 0:C], bb_out[0:B, 0:C],
-                             pp_out[0:B, 0:C])
+                            s_in[0:3, 0:B, 0:C], seg_last[0:B])
+                    T.writes(out[0:total_len, 0:C], s_out[0:3, 0:B, 0:C])
                     aa = T.alloc_buffer((lanes,), f32, scope="local")
                     bb = T.alloc_buffer((lanes,), f32, scope="local")
                     pp = T.alloc_buffer((lanes,), f32, scope="local")
@@ -217,26 +213,28 @@ def wkv4_ragged(C: int, target: str = "cpu"):
                     t_end: T.let = T.Cast("int64", seg_last[b]) + 1
                     if c0 < C:
                         for l in (T.serial(lanes) if gpu else T.vectorized(lanes)):
-                            aa[l] = aa_in[b, c0 + l]
-                            bb[l] = bb_in[b, c0 + l]
-                            pp[l] = pp_in[b, c0 + l]
+                            aa[l] = s_in[0, b, c0 + l]
+                            bb[l] = s_in[1, b, c0 + l]
+                            pp[l] = s_in[2, b, c0 + l]
                             w_l[l] = w[c0 + l]
                             u_l[l] = u[c0 + l]
                         scan(k, v, out, w_l, u_l, aa, bb, pp, c0, t_begin, t_end)
                         for l in (T.serial(lanes) if gpu else T.vectorized(lanes)):
-                            aa_out[b, c0 + l] = aa[l]
-                            bb_out[b, c0 + l] = bb[l]
-                            pp_out[b, c0 + l] = pp[l]
+                            s_out[0, b, c0 + l] = aa[l]
+                            s_out[1, b, c0 + l] = bb[l]
+                            s_out[2, b, c0 + l] = pp[l]
 
     return wkv4_ragged_func
 
 
-def wkv4_numpy(k, v, w, u, aa, bb, pp):
-    """Twin of ``wkv4``: ChatRWKV's att_seq loop, line for line, in float32 (the kernel's precision,
-    so the two differ only by exp rounding). k, v: (T, C); the rest (C,). Returns (out, aa, bb, pp)."""
+def wkv4_numpy(k, v, w, u, s_in):
+    """Twin of ``wkv4``, same arguments: ChatRWKV's att_seq loop, line for line, in float32 (the
+    kernel's precision, so the two differ only by exp rounding). k, v: (T, C); w, u: (C,);
+    s_in: (3, C), rows aa, bb, pp (any sequence of three (C,) arrays will do, e.g. a tuple).
+    Returns (out (T, C), s_out (3, C)); s_in is not modified."""
     f32 = np.float32
     k, v, w, u = (np.asarray(x, f32) for x in (k, v, w, u))
-    aa, bb, pp = (np.array(x, f32) for x in (aa, bb, pp))  # copies: the inputs stay untouched
+    aa, bb, pp = np.array(s_in, f32)  # a copy: the input stays untouched
     out = np.empty_like(k)
     for t in range(k.shape[0]):
         ww = u + k[t]
@@ -251,18 +249,20 @@ def wkv4_numpy(k, v, w, u, aa, bb, pp):
         aa = e1 * aa + e2 * v[t]
         bb = e1 * bb + e2
         pp = p
-    return out, aa, bb, pp
+    return out, np.stack([aa, bb, pp])
 
 
-def wkv4_ragged_numpy(k, v, w, u, aa, bb, pp, seg_last):
-    """Twin of ``wkv4_ragged``: ``wkv4_numpy`` on each packed segment. aa, bb, pp: (B, C);
-    seg_last: (B,). Rows of out past the last segment stay zero (the kernel leaves them unwritten)."""
+def wkv4_ragged_numpy(k, v, w, u, s_in, seg_last):
+    """Twin of ``wkv4_ragged``, same arguments: ``wkv4_numpy`` on each packed segment.
+    s_in: (3, B, C), rows aa, bb, pp; seg_last: (B,). Returns (out (T_total, C), s_out (3, B, C));
+    rows of out past the last segment stay zero (the kernel leaves them unwritten)."""
     k = np.asarray(k, np.float32)
+    s_in = np.asarray(s_in, np.float32)
     out = np.zeros_like(k)
-    aa_out, bb_out, pp_out = (np.array(x, np.float32) for x in (aa, bb, pp))
+    s_out = s_in.copy()
     start = 0
     for b, last in enumerate(np.asarray(seg_last).tolist()):
         seg = slice(start, last + 1)
-        out[seg], aa_out[b], bb_out[b], pp_out[b] = wkv4_numpy(k[seg], v[seg], w, u, aa[b], bb[b], pp[b])
+        out[seg], s_out[:, b] = wkv4_numpy(k[seg], v[seg], w, u, s_in[:, b])
         start = last + 1
-    return out, aa_out, bb_out, pp_out
+    return out, s_out

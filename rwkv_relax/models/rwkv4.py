@@ -68,19 +68,25 @@ class TimeMix(nn.Module):
         r = op.sigmoid(self.receptance(mix(xx, sx, self.time_mix_r)))  # (T, A) dtype
         k = self.key(mix(xx, sx, self.time_mix_k))  # (T, A) fp32
         v = self.value(mix(xx, sx, self.time_mix_v))  # (T, A) fp32
-        carried = [states[n] for n in self.state_names]
+        # The kernels take aa, bb, pp packed as one (3, ...) buffer in and one out: as separate
+        # buffers they would bind more storage buffers than a WebGPU shader may (tir_kernels/wkv4.py).
+        carried = [states[n] for n in self.state_names]  # 3 x (B, A)
         f32 = "float32"
         if seg.single:
-            wkv, *new = op.tensor_ir_op(
+            s_in = op.concat(carried, dim=0)  # 3 x (B=1, A) -> (3, A)
+            wkv, s_out = op.tensor_ir_op(
                 kernel("wkv4", A), "wkv4",
-                [k, v, self.time_decay, self.time_first, *(op.reshape(s, [A]) for s in carried)],
-                [Tensor.placeholder([T, A], f32), *(Tensor.placeholder([A], f32) for _ in carried)])
-            new = [op.reshape(s, [1, A]) for s in new]  # (A,) -> (B=1, A)
+                [k, v, self.time_decay, self.time_first, s_in],
+                [Tensor.placeholder([T, A], f32), Tensor.placeholder([3, A], f32)])
+            new = op.split(s_out, 3, axis=0)  # (3, A) -> 3 x (B=1, A)
         else:
-            wkv, *new = op.tensor_ir_op(
+            B = carried[0].shape[0]
+            s_in = op.concat([op.reshape(s, [1, B, A]) for s in carried], dim=0)  # 3 x (B, A) -> (3, B, A)
+            wkv, s_out = op.tensor_ir_op(
                 kernel("wkv4_ragged", A), "wkv4_ragged",
-                [k, v, self.time_decay, self.time_first, *carried, seg.seg_last],
-                [Tensor.placeholder([T, A], f32), *(Tensor.placeholder(s.shape, f32) for s in carried)])
+                [k, v, self.time_decay, self.time_first, s_in, seg.seg_last],
+                [Tensor.placeholder([T, A], f32), Tensor.placeholder([3, B, A], f32)])
+            new = [op.reshape(s, [B, A]) for s in op.split(s_out, 3, axis=0)]  # (3, B, A) -> 3 x (B, A)
         if self.dtype != f32:
             wkv = wkv.astype(self.dtype)  # att_seq: ((e1 * aa + e2 * vv) / (e1 * bb + e2)).to(x.dtype)
         return self.output(r * wkv), dict(zip(self.state_names, new))
