@@ -6,10 +6,11 @@ forked (a device-side copy of its slot) and the fork advances. Sequences are rel
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import tvm
@@ -62,6 +63,8 @@ class CompiledModel:
         self.n_layer = int(self.metadata["num_hidden_layers"])
         self.chunk = int(self.metadata.get("prefill_chunk_size", 512))
         self.state_names = [s["name"] for s in self.metadata["state"]]
+        # md5s of the tensor cache's shards when loaded from one (identifies the weights cheaply)
+        self.weights_fingerprint: str | None = None
         self.params = self._load_weights(weights)
         self._rnn = self.vm["create_rnn_state"](ShapeTuple([max_sequences]), ShapeTuple([max_history]))
         self._ids = itertools.count()
@@ -75,7 +78,11 @@ class CompiledModel:
                 if stored.get(key) != md[key]:
                     raise RWKVRelaxError(f"params in {weights} are {key}={stored.get(key)}, the library "
                                          f"is {key}={md[key]}; convert or build to match")
-            return tensor_cache.load(weights, md["params"], self.device)
+            params = tensor_cache.load(weights, md["params"], self.device)
+            shards = tensor_cache.read_index(weights)["records"]
+            self.weights_fingerprint = hashlib.sha256(
+                "".join(r.get("md5sum", "") for r in shards).encode()).hexdigest()[:16]
+            return params
         source = resolve_model(str(weights))
         if source.checkpoint is None:
             raise RWKVRelaxError(f"{weights} is not a checkpoint; pass the model's weights")
@@ -114,6 +121,44 @@ class CompiledModel:
     def read_state(self, state: State, layer: int, name: str) -> np.ndarray:
         idx = self.state_names.index(name)
         return _builtin("rnn_state_debug_get")(self._rnn, layer, idx, state.seq_id).numpy()
+
+    def state_tensors(self, state: State) -> dict[tuple[int, str], np.ndarray]:
+        """Every state entry of every layer, ``{(layer, name): array}`` (copies)."""
+        return {(i, name): self.read_state(state, i, name)
+                for i in range(self.n_layer) for name in self.state_names}
+
+    def load_state(self, tensors: Mapping[tuple[int, str], np.ndarray], length: int = 0) -> State:
+        """A new sequence holding ``tensors`` (``{(layer, name): array}``, every entry of every
+        layer, shapes and dtypes as in ``metadata["state"]``); ``length`` is its token count.
+
+        Written through the runtime's own ``rnn_state_set`` inside a begin/end-forward pair, as a
+        forward would: the set kernel writes the *next* history entry and ``end_forward`` moves to
+        it. The declared append length is 2 (not 1) so that the runtime keeps no rollback history:
+        the entry behind a loaded state is the fresh initial state, which ``popn`` must not reach.
+        """
+        specs = {s["name"]: (tuple(s["shape"]), s["dtype"]) for s in self.metadata["state"]}
+        want = {(i, n) for i in range(self.n_layer) for n in self.state_names}
+        if set(tensors) != want:
+            missing = sorted(want - set(tensors))
+            extra = sorted(set(tensors) - want)
+            raise RWKVRelaxError(f"state tensors do not match this model: missing {missing[:3]}, "
+                                 f"unexpected {extra[:3]}")
+        arrays = {}
+        for (layer, name), value in tensors.items():
+            shape, dtype = specs[name]
+            value = np.asarray(value)
+            if value.shape != shape or str(value.dtype) != dtype:
+                raise RWKVRelaxError(f"state '{name}' of layer {layer} is {value.dtype}{list(value.shape)}, "
+                                     f"this model's is {dtype}{list(shape)}")
+            # (1, *shape): the set kernel takes a batch of one
+            arrays[layer, name] = tvm.runtime.tensor(np.ascontiguousarray(value)[None], self.device)
+        state = self.new_state()
+        _builtin("kv_state_begin_forward")(self._rnn, ShapeTuple([state.seq_id]), ShapeTuple([2]))
+        for (layer, name), value in arrays.items():
+            _builtin("rnn_state_set")(self._rnn, layer, self.state_names.index(name), value)
+        _builtin("kv_state_end_forward")(self._rnn)
+        state.length = int(length)
+        return state
 
     # ---- forward ------------------------------------------------------------------------
     def _tokens(self, tokens: Sequence[int]) -> np.ndarray:

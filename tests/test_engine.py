@@ -1,0 +1,310 @@
+"""Engine: model directories (gen_config + convert_weight) -> streamed text, chat sessions that keep
+their RNN state, stop strings, stats, the library cache; RWKV-5 with the World tokenizer and RWKV-4
+with a Hugging Face tokenizer.json."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from rwkv_relax import Engine, RWKVRelaxError
+from rwkv_relax.engine import cached_library_path
+
+# World vocabulary (65536 rows): the smallest RWKV-5 the World tokenizer can drive
+WORLD_SHAPE = dict(n_layer=2, n_embd=128, vocab_size=65536, head_size=64, seed=11)
+RAVEN_SHAPE = dict(n_layer=2, n_embd=128, vocab_size=512, seed=12)
+BPE_SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Bob: Hello Alice, how are you?",
+                 "Alice: I am fine, thank you! What about you?", "Hello world, hello tokenizer!"]
+
+
+def make_model_dir(factory, arch: str, name: str, quantization: str, conv_template: str,
+                   tokenizer: Path, **shape) -> Path:
+    """A model directory (once per session) from a random checkpoint of ``arch``."""
+    from rwkv_relax.convert_weight import convert
+    from rwkv_relax.gen_config import gen_config
+    out = factory.root / f"dir-{arch}-{name}-{quantization}"
+    if not (out / "tensor-cache.json").is_file():
+        ckpt = factory.checkpoint(arch, name, **shape)
+        gen_config(str(ckpt), quantization, conv_template, out, tokenizer=str(tokenizer))
+        convert(str(ckpt), quantization, out)
+    return out
+
+
+def world_model(factory, name: str = "engine", **shape) -> tuple[Path, Path]:
+    """(model directory, library) of a random RWKV-5 World model, q4f16_1."""
+    from rwkv_relax.tokenizer import default_world_vocab
+    vocab = default_world_vocab()
+    if vocab is None:
+        pytest.skip("the rwkv package (which ships the World vocab) is not installed")
+    model_dir = make_model_dir(factory, "rwkv5", name, "q4f16_1", "rwkv-world", vocab,
+                               **{**WORLD_SHAPE, **shape})
+    return model_dir, factory.library(model_dir)
+
+
+def bpe_tokenizer(folder: Path) -> Path:
+    """A tiny GPT-NeoX-style byte-level BPE (``<|endoftext|>`` = 0) with fewer ids than RAVEN_SHAPE."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    path = folder / "bpe" / "tokenizer.json"
+    if not path.is_file():
+        tok = tokenizers.Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(BPE_SENTENCES * 5, trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tok.save(str(path))
+    return path
+
+
+def raven_model(factory) -> tuple[Path, Path]:
+    """(model directory, library) of a random RWKV-4 with a BPE tokenizer.json, q0f32, raven."""
+    model_dir = make_model_dir(factory, "rwkv4", "engine", "q0f32", "raven", bpe_tokenizer(factory.root),
+                               **RAVEN_SHAPE)
+    return model_dir, factory.library(model_dir)
+
+
+@pytest.fixture(scope="module")
+def engine(factory):
+    model_dir, lib = world_model(factory)
+    return Engine(model_dir, lib)
+
+
+def text(stream) -> str:
+    return "".join(stream)
+
+
+def exact(s: str) -> bytes:
+    """A rendered conversation as bytes (replies cut inside a character keep their bytes as
+    surrogate escapes)."""
+    return s.encode("utf-8", "surrogateescape")
+
+
+def consumed(session) -> bytes:
+    return session.engine.tokenizer.decode(session.token_ids)
+
+
+# ---- generate ---------------------------------------------------------------------------------
+def test_generate_is_reproducible_with_a_seed(engine):
+    a = text(engine.generate("The capital of France is", max_tokens=12, seed=3))
+    b = text(engine.generate("The capital of France is", max_tokens=12, seed=3))
+    c = text(engine.generate("The capital of France is", max_tokens=12, seed=4))
+    assert a == b and a
+    assert c != a
+    stats = engine.stats
+    assert stats.prefill_tokens == len(engine.encode("The capital of France is"))
+    assert stats.decode_tokens == 12 and stats.finish_reason == "length"
+    assert stats.prefill_tokens_per_second > 0 and stats.decode_tokens_per_second > 0
+    assert "tok/s" in str(stats)
+
+
+def test_generate_streams_the_tokens_it_samples(engine):
+    pieces = list(engine.generate("Once upon a time", max_tokens=10, seed=0, temperature=0))
+    assert len(pieces) > 1  # streamed, not one block at the end
+    # greedy: the same text as argmax decoding the model by hand
+    model, ids = engine.model, engine.encode("Once upon a time")
+    sampler = engine.sampler(temperature=0)
+    logits, state = model.prefill(ids)
+    out = []
+    for _ in range(10):
+        token = sampler.sample(logits)
+        sampler.accept(token)
+        out.append(token)
+        logits, state = model.decode(token, state)
+    assert "".join(pieces) == engine.tokenizer.decode_text(out)
+
+
+def test_stop_string_ends_the_reply(engine):
+    full = text(engine.generate("Stop here:", max_tokens=16, seed=5))
+    stop = full[len(full) // 2: len(full) // 2 + 3]
+    cut = text(engine.generate("Stop here:", max_tokens=16, seed=5, stop=[stop]))
+    assert cut == full[:full.index(stop)]
+    assert engine.stats.finish_reason == "stop"
+    assert engine.stats.decode_tokens < 16
+
+
+def test_long_prompt_is_prefilled_in_chunks(engine):
+    prompt = "lorem ipsum dolor sit amet " * 150  # > prefill_chunk_size (512) tokens
+    ids = engine.encode(prompt)
+    assert len(ids) > engine.model.chunk
+    first = text(engine.generate(prompt, max_tokens=1, seed=1))
+    assert engine.stats.prefill_tokens == len(ids)
+    logits, _ = engine.model.prefill(ids)
+    assert first == engine.tokenizer.decode_text([engine.sampler(seed=1).sample(logits)])
+
+
+# ---- chat -------------------------------------------------------------------------------------
+def test_chat_formats_with_the_template_and_is_reproducible(engine):
+    messages = [{"role": "user", "content": "Hi there!"}]
+    a = text(engine.chat(messages, max_tokens=10, seed=7))
+    assert engine.stats.prefill_tokens == len(engine.encode("User: Hi there!\n\nAssistant:"))
+    b = text(engine.chat(messages, max_tokens=10, seed=7))
+    assert a == b and a
+    assert not a.startswith(" ")  # the space after "Assistant:" is not shown
+
+
+def test_chat_session_prefills_only_the_new_text(engine):
+    session = engine.chat_session(seed=2, max_tokens=8)
+    first = text(session.send("Hello, who are you?"))
+    stats1 = dataclasses.replace(session.stats)
+    assert stats1.prefill_tokens == len(engine.encode("User: Hello, who are you?\n\nAssistant:"))
+    before = consumed(session)
+    n_before = session.n_tokens
+    second = text(session.send("Tell me a story."))
+    rendered = exact(session.render(session.messages[:-1]))  # the prompt of the second turn
+    assert rendered.startswith(before)
+    assert session.stats.prefill_tokens == len(engine.encode(rendered[len(before):]))
+    assert session.stats.prefill_tokens < len(engine.encode(rendered))
+    assert rendered.endswith(exact(f"Assistant:{session._raw[1]}\n\nUser: Tell me a story.\n\nAssistant:"))
+    assert session.messages[1] == {"role": "assistant", "content": first}
+    assert session.messages[3]["content"] == second
+    assert session.n_tokens > n_before
+    for stats in (stats1, session.stats):
+        assert stats.prefill_tokens > 0 and stats.decode_tokens > 0
+        assert stats.prefill_tokens_per_second > 0 and stats.decode_tokens_per_second > 0
+
+
+def test_session_state_equals_a_fresh_prefill_of_its_tokens(engine):
+    session = engine.chat_session(seed=4, max_tokens=6)
+    text(session.send("one"))
+    text(session.send("two"))
+    _, fresh = engine.model.prefill(session.token_ids)
+    for layer in range(engine.model.n_layer):
+        for name in engine.model.state_names:
+            a, b = session.state.layer(layer, name), fresh.layer(layer, name)
+            assert abs(a.astype("float64") - b.astype("float64")).max() <= 1e-2, (layer, name)
+
+
+def test_engine_chat_reuses_its_state_when_messages_extend(engine):
+    messages = [{"role": "user", "content": "What is 2+2?"}]
+    reply = text(engine.chat(messages, max_tokens=6, seed=1))
+    full = len(engine.encode("User: What is 2+2?\n\nAssistant:"))
+    assert engine.stats.prefill_tokens == full
+    messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": "And 3+3?"}]
+    text(engine.chat(messages, max_tokens=6, seed=1))
+    # the new turn, plus the last reply token (never fed: generation ended on it)
+    assert 0 < engine.stats.prefill_tokens < len(engine.encode(engine.conv_template.render(messages))) - full
+
+
+def test_template_stop_string_ends_a_chat_reply_and_the_next_turn_continues(engine, monkeypatch):
+    probe = engine.chat_session(seed=9, max_tokens=16)
+    reply = text(probe.send("Say something."))
+    stop = reply[len(reply) // 2: len(reply) // 2 + 3]
+    template = dataclasses.replace(engine.conv_template, stop_strings=(stop,))
+    monkeypatch.setattr(engine, "conv_template", template)
+    session = engine.chat_session(seed=9, max_tokens=16)
+    cut = text(session.send("Say something."))
+    assert cut == reply[:reply.index(stop)]
+    assert session.stats.finish_reason == "stop"
+    # the tokens of the stop string already fed stay: the next turn still extends them
+    before = consumed(session)
+    text(session.send("Go on."))
+    assert consumed(session).startswith(before)
+    assert session.stats.prefill_tokens < len(engine.encode(exact(session.render(session.messages[:-1]))))
+
+
+def test_abandoned_and_interrupted_replies_keep_the_session_consistent(engine, monkeypatch):
+    session = engine.chat_session(seed=6, max_tokens=12)
+    stream = session.send("Count to ten.")
+    next(stream)
+    stream.close()  # the reader stops early: what was fed is still known
+    before = consumed(session)
+    text(session.send("Again"))
+    prompt = exact(session.render(session.messages[:-1]))
+    assert prompt.startswith(before)
+    assert session.stats.prefill_tokens == len(engine.encode(prompt[len(before):]))
+
+    real_advance = engine.model.advance
+    calls = []
+
+    def interrupted(state, tokens):  # Ctrl-C during the first decode step
+        if len(tokens) == 1 and not calls:
+            calls.append(tokens)
+            raise KeyboardInterrupt
+        return real_advance(state, tokens)
+    monkeypatch.setattr(engine.model, "advance", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        text(session.send("Once more"))
+    text(session.send("Last"))  # the state was in doubt: the whole conversation is prefilled
+    assert session.stats.prefill_tokens == len(engine.encode(exact(session.render(session.messages[:-1]))))
+
+
+def test_session_reset_starts_over(engine):
+    session = engine.chat_session(seed=5, max_tokens=6)
+    a = text(session.send("Hi"))
+    text(session.send("More"))
+    session.reset()
+    assert session.messages == [] and session.n_tokens == 0
+    assert text(session.send("Hi")) == a
+
+
+def test_system_prompt(engine):
+    session = engine.chat_session("You are terse.", seed=0, max_tokens=4)
+    text(session.send("Hi"))
+    assert consumed(session).startswith(b"System: You are terse.\n\nUser: Hi\n\nAssistant:")
+
+
+# ---- errors -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("call, match", [
+    (lambda e: e.generate(""), "empty prompt"),
+    (lambda e: e.generate("x", top_q=1), "unknown sampling option top_q"),
+    (lambda e: e.generate("x", max_tokens=-1), "max_tokens"),
+    (lambda e: e.chat([{"role": "assistant", "content": "x"}]), "last message must be the user's"),
+    (lambda e: e.chat([{"role": "robot", "content": "x"}]), "role"),
+    (lambda e: e.chat_session().send("  "), "empty message"),
+    (lambda e: e.chat_session().save("/tmp/never"), "nothing to save"),
+])
+def test_bad_requests_are_one_line_errors(engine, call, match):
+    with pytest.raises(RWKVRelaxError, match=match) as err:
+        call(engine)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_engine_arguments(factory, tmp_path):
+    model_dir, lib = world_model(factory)
+    with pytest.raises(RWKVRelaxError, match="does not exist"):
+        Engine(tmp_path / "missing")
+    with pytest.raises(RWKVRelaxError, match="no mlc-chat-config.json"):
+        Engine(tmp_path)
+    with pytest.raises(RWKVRelaxError, match="unknown device 'tpu'; valid: cpu"):
+        Engine(model_dir, lib, device="tpu")
+    with pytest.raises(RWKVRelaxError, match="unknown conv template 'chatml'; valid: rwkv-world, raven, LM"):
+        Engine(model_dir, lib, conv_template="chatml")
+    with pytest.raises(RWKVRelaxError, match="does not exist"):
+        Engine(model_dir, tmp_path / "nope.so")
+
+
+# ---- library cache ----------------------------------------------------------------------------
+def test_library_is_built_once_and_cached(factory, tmp_path, monkeypatch):
+    model_dir, _ = world_model(factory)
+    cache = tmp_path / "libs"
+    expected = cached_library_path(model_dir, "cpu", cache)
+    assert not expected.exists()
+    first = Engine(model_dir, lib_cache_dir=cache)
+    assert first.model_lib == expected and expected.is_file()
+
+    import rwkv_relax.pipeline
+    monkeypatch.setattr(rwkv_relax.pipeline, "build", lambda *a, **k: pytest.fail("rebuilt a cached library"))
+    second = Engine(model_dir, lib_cache_dir=cache)
+    assert second.model_lib == expected
+    assert text(second.generate("Hi", max_tokens=5, seed=0)) == \
+        text(first.generate("Hi", max_tokens=5, seed=0))
+
+
+# ---- RWKV-4 with a Hugging Face tokenizer -------------------------------------------------------
+def test_rwkv4_with_hf_tokenizer_generates_and_chats(factory):
+    model_dir, lib = raven_model(factory)
+    engine = Engine(model_dir, lib)
+    assert engine.conv_template.name == "raven"
+    a = text(engine.generate("Hello world", max_tokens=10, seed=0))
+    assert a == text(engine.generate("Hello world", max_tokens=10, seed=0))
+    assert engine.stats.decode_tokens >= 1
+    session = engine.chat_session(seed=0, max_tokens=8)
+    text(session.send("Hello Alice"))
+    preamble = engine.conv_template.default_system
+    assert consumed(session).startswith(exact(preamble + "\n\nBob: Hello Alice\n\nAlice:"))
+    text(session.send("How are you?"))
+    assert session.messages[-2] == {"role": "user", "content": "How are you?"}
+    assert session.stats.prefill_tokens > 0 and session.stats.decode_tokens > 0
