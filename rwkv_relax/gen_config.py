@@ -10,8 +10,8 @@ from pathlib import Path
 
 from .cli import add_config_flags, config_overrides, one_line_errors
 from .config import CHAT_CONFIG
+from .conversation import TEMPLATES
 
-CONV_TEMPLATES = ("rwkv-world", "raven", "LM")
 TOKENIZER_NAMES = ("rwkv_vocab_v20230424.txt", "tokenizer.json", "20B_tokenizer.json")
 # ChatRWKV's chat defaults (v2/chat.py): GEN_TEMP 1.0, GEN_TOP_P 0.3, presence 0, frequency 1,
 # penalty decay 0.996
@@ -43,8 +43,8 @@ def gen_config(model: str, quantization: str, conv_template: str, output: str | 
     from .pipeline import atomic_write, float_config, resolve_model
     from .quantization import get_mode
     get_mode(quantization)
-    if conv_template not in CONV_TEMPLATES:
-        raise RWKVRelaxError(f"unknown conv template '{conv_template}'; valid: {', '.join(CONV_TEMPLATES)}")
+    if conv_template not in TEMPLATES:
+        raise RWKVRelaxError(f"unknown conv template '{conv_template}'; valid: {', '.join(TEMPLATES)}")
     source = resolve_model(model, overrides)
     cfg = float_config(source, quantization)
     tokenizer_files = find_tokenizer(model, tokenizer)
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m rwkv_relax.gen_config", description=__doc__)
     p.add_argument("model", help="checkpoint file/folder, preset name, or config JSON")
     p.add_argument("--quantization", required=True)
-    p.add_argument("--conv-template", default="rwkv-world", help=f"one of {', '.join(CONV_TEMPLATES)}")
+    p.add_argument("--conv-template", default="rwkv-world", help=f"one of {', '.join(TEMPLATES)}")
     p.add_argument("--tokenizer", default=None, help="tokenizer file or folder (default: beside the checkpoint)")
     p.add_argument("--keep-embedding-head", action="store_true")
     add_config_flags(p)

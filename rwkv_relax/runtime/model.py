@@ -187,7 +187,7 @@ class CompiledModel:
             chunk = ids[start:start + self.chunk]
             emb = self._embed(chunk)
             fn = "decode" if chunk.size == 1 else "prefill"
-            logits = self._run(fn, [state.seq_id], [int(chunk.size)], _reshape3(emb, self.device))
+            logits = self._run(fn, [state.seq_id], [int(chunk.size)], emb._create_view((1, *emb.shape)))
         state.length += int(ids.size)
         return logits.numpy().reshape(-1)
 
@@ -215,7 +215,8 @@ class CompiledModel:
         new = [self.new_state() if s is None else self.fork(s) for s in states]
         packed = np.concatenate(ids)
         positions = np.cumsum([i.size for i in ids]).astype(np.int32) - 1
-        emb = _reshape3(self._embed(packed), self.device)
+        emb = self._embed(packed)
+        emb = emb._create_view((1, *emb.shape))  # (T, C) -> (1, T, C), no copy
         logits = self._run("batch_prefill", [s.seq_id for s in new], [int(i.size) for i in ids],
                            emb, tvm.runtime.tensor(positions, self.device))
         for s, i in zip(new, ids):
@@ -226,9 +227,9 @@ class CompiledModel:
         """One token for each of several sequences; returns (B, V) logits and new states."""
         ids = self._tokens(tokens)
         new = [self.fork(s) for s in states]
-        emb = self._embed(ids).numpy().reshape(ids.size, 1, -1)
+        emb = self._embed(ids)
         logits = self._run("batch_decode", [s.seq_id for s in new], [1] * ids.size,
-                           tvm.runtime.tensor(emb, self.device))
+                           emb._create_view((ids.size, 1, emb.shape[1])))  # (B, C) -> (B, 1, C)
         for s in new:
             s.length += 1
         return logits.numpy().reshape(ids.size, -1), new
@@ -243,12 +244,6 @@ class CompiledModel:
             raise RWKVRelaxError(f"cannot roll back {n} tokens: {str(err).splitlines()[0][:160]}") from None
         new.length -= n
         return new
-
-
-def _reshape3(emb, device):
-    """(T, C) embedding -> (1, T, C) for prefill."""
-    arr = emb.numpy()
-    return tvm.runtime.tensor(arr.reshape(1, *arr.shape), device)
 
 
 def load_model(lib_path: str | Path, weights: str | Path, device: str = "cpu", **kwargs) -> CompiledModel:
