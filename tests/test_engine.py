@@ -4,6 +4,7 @@ with a Hugging Face tokenizer.json."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -191,7 +192,11 @@ def test_engine_chat_reuses_its_state_when_messages_extend(engine):
 def test_template_stop_string_ends_a_chat_reply_and_the_next_turn_continues(engine, monkeypatch):
     probe = engine.chat_session(seed=9, max_tokens=16)
     reply = text(probe.send("Say something."))
-    stop = reply[len(reply) // 2: len(reply) // 2 + 3]
+    # a stop string that starts a word: a cut inside a multi-byte or multi-token run would leave
+    # text whose re-encoding differs from the fed tokens (the session then re-prefills instead)
+    words = [m.group(0) for m in re.finditer(r" [A-Za-z]{2,}", reply)]
+    assert words, reply
+    stop = words[len(words) // 2]
     template = dataclasses.replace(engine.conv_template, stop_strings=(stop,))
     monkeypatch.setattr(engine, "conv_template", template)
     session = engine.chat_session(seed=9, max_tokens=16)
