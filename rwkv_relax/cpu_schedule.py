@@ -9,8 +9,8 @@ rule below keeps the layout and instead
   accumulator (one SIMD register) updated by FMAs on contiguous x and W loads, and one
   horizontal sum at the end;
 * tiles ``rows x cols`` outputs per register block (decode M = 1: 1 x 8 weight rows sharing each
-  x load; prefill: 4 x 3 on AVX2, so every load feeds several FMAs) and keeps the accumulators in
-  a ``local`` buffer that LLVM promotes to registers;
+  x load; prefill: 4 x 3 on AVX2, 4 x 7 on AVX-512, so every load feeds several FMAs) and keeps
+  the accumulators in a ``local`` buffer that LLVM promotes to registers;
 * runs the tiles on all cores (``parallel`` over the fused row-tile x column-tile loop);
 * pads a symbolic (or ragged) token count up to the row tile with ``pad_einsum`` (a copy of x,
   O(M*K)) instead of a predicate: a ``row < M`` test inside the k loop costs 5x;
@@ -19,17 +19,22 @@ rule below keeps the layout and instead
 
 Functions marked ``tirx.is_scheduled`` (the hand-written WKV kernels) and functions that are not
 such a matmul are left exactly as they are.
+
+The ``parallel`` loops use TVM's runtime thread pool, which on x86 starts hardware_concurrency/2
+workers (it assumes SMT): one thread on a 2-vCPU VM without SMT, i.e. half the bandwidth. Raise
+it before the first call with ``TVM_NUM_THREADS`` or
+``tvm.get_global_func("runtime.config_threadpool")(-3, n, [str(i) for i in range(n)])``.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import tvm
 from tvm import relax, s_tir, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
-from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 from tvm.target import Target, codegen
 
 
@@ -38,7 +43,7 @@ from tvm.target import Target, codegen
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Tile:
-    """Register tile of one parallel task: ``rows x cols`` outputs, each a ``lanes``-wide fp32
+    """Register tile: ``rows x cols`` outputs computed together, each a ``lanes``-wide fp32
     accumulator over k. ``rows * cols`` accumulators must fit the SIMD register file with room
     for the x and W loads, or LLVM spills them and the inner loop runs ~4x slower."""
 
@@ -164,7 +169,7 @@ class NTMatmulCPU(dl.ScheduleRule):
             return None
         try:
             return self._apply(func, target)
-        except RuntimeError:  # ScheduleError / TVM internal errors: leave the function unscheduled
+        except (RuntimeError, ValueError):  # ScheduleError, TVM errors: leave it unscheduled
             return None
 
     def _apply(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
@@ -181,24 +186,31 @@ class NTMatmulCPU(dl.ScheduleRule):
         m_ext = [_const(ext[i]) for i in pattern.m_iters]
         if n is None or k is None:
             return None
-        tile = self.tile or choose_tile(None if None in m_ext else _prod(m_ext), n, k, target)
+        tile = self.tile or choose_tile(None if None in m_ext else math.prod(m_ext), n, k, target)
         if tile is None or n % tile.cols or k % tile.lanes:
             return None
-        # Prologue blocks are inlined into the x loads, epilogue chains into their last block
-        # (the first block after the reduction cannot be: a reduction is never inlined into).
-        infos = try_inline_contiguous_spatial(sch, infos)
         main_rv = main.block_rv
-        pos = [i for i, b in enumerate(infos) if b.is_reduction()]
-        if len(pos) != 1 or any(not b.is_injective() for b in infos[:pos[0]]):
-            return None
-        tail = [b.block_rv for b in infos[pos[0] + 1:]]  # in dataflow order
 
-        # Row tile: the innermost m iter; other m iters (a unit batch dim) stay outer loops
+        # Row tile: the innermost m iter; other m iters (a unit batch dim) stay outer loops.
+        # Padding comes first, while every read is still a plain buffer[i, k] (pad_einsum's
+        # requirement; an inlined dequantize reads q[n, k // 8]).
         row_iter = pattern.m_iters[-1] if pattern.m_iters else None
         row_ext = m_ext[-1] if pattern.m_iters else 1
         rows = tile.rows if row_ext is None else min(tile.rows, row_ext)
+        copies = []
         if row_iter is not None and (row_ext is None or row_ext % rows):
-            tail = self._pad_rows(sch, main_rv, row_iter, rows, len(ext), tile.lanes) + tail
+            copies = self._pad_rows(sch, main_rv, row_iter, rows, len(ext))
+        # Prologues go into the x loads (or the x copies; a dequantize into the W loads), the
+        # padded output's writeback and epilogue chains into their last block (the first block
+        # after a reduction cannot be inlined: it stays, and is computed per tile below).
+        keep = {sch.get(b).name_hint for b in [main_rv, *copies]}
+        _inline_spatial(sch, keep)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        names = [sch.get(b).name_hint for b in blocks]
+        pos = names.index(sch.get(main_rv).name_hint)
+        tail = blocks[pos + 1:]  # consumers, in dataflow order
+        for copy in copies:
+            _parallel_vectorized(sch, copy, tile.lanes)
 
         loops = sch.get_loops(main_rv)
         sch.reorder(*[loops[i] for i in pattern.m_iters], loops[pattern.n_iter], loops[pattern.k_iter])
@@ -225,46 +237,52 @@ class NTMatmulCPU(dl.ScheduleRule):
         # lane sums, the padded-output writeback and the epilogue run per task, on hot outputs
         sch.reverse_compute_at(main_rv, col_oi)
         for blk in tail:
-            sch.reverse_compute_at(blk, col_oi)
+            try:
+                sch.reverse_compute_at(blk, col_oi)
+            except RuntimeError:
+                break  # not tileable (reads other outputs): it and the rest stay whole-tensor loops
         sch.decompose_reduction(rf, ko)
         return sch
 
     @staticmethod
-    def _pad_rows(sch: s_tir.Schedule, main_rv, row_iter: int, rows: int, n_iters: int, lanes: int):
+    def _pad_rows(sch: s_tir.Schedule, main_rv, row_iter: int, rows: int, n_iters: int) -> list:
         """Pad the row count to a multiple of ``rows`` (symbolic T, or T % rows != 0).
 
-        pad_einsum adds a zero-padded copy of each x input (scheduled here: parallel rows,
-        vector columns) and a writeback of the padded output; the writeback is inlined into the
-        epilogue when there is one, else returned to be computed per tile."""
-        def names(blocks):
-            return {sch.get(b).name_hint for b in blocks}
-
-        old = names(sch.get_producers(main_rv)) | names(sch.get_consumers(main_rv))
+        pad_einsum adds a zero-padded copy of each x input (returned) and a writeback of the
+        padded output (inlined into the epilogue when there is one, else computed per tile)."""
+        old = {sch.get(b).name_hint for b in sch.get_producers(main_rv)}
         sch.pad_einsum(main_rv, [rows if i == row_iter else 1 for i in range(n_iters)])
-        kept = []
-        for prod in sch.get_producers(main_rv):
-            if sch.get(prod).name_hint in old:
-                continue
-            loops = sch.get_loops(prod)
-            inner = _const(sch.get(loops[-1]).extent)
-            if len(loops) >= 2 and inner is not None and inner % lanes == 0:
-                sch.vectorize(sch.split(loops[-1], [None, lanes])[1])
-            sch.parallel(loops[0])
-        for cons in sch.get_consumers(main_rv):
-            if sch.get(cons).name_hint in old:
-                continue
-            try:
-                sch.compute_inline(cons)  # the epilogue now reads the padded output directly
-            except RuntimeError:
-                kept.append(cons)  # writes the function's output
-        return kept
+        return [b for b in sch.get_producers(main_rv) if sch.get(b).name_hint not in old]
 
 
-def _prod(xs):
-    out = 1
-    for x in xs:
-        out *= x
-    return out
+def _inline_spatial(sch: s_tir.Schedule, keep: set) -> None:
+    """compute_inline / reverse_compute_inline every root block not named in ``keep`` until
+    nothing more goes (dlight's try_inline, on the live block list)."""
+    progress = True
+    while progress:
+        progress = False
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            if sch.get(block).name_hint in keep:
+                continue
+            for inline in (sch.compute_inline, sch.reverse_compute_inline):
+                try:
+                    inline(block)
+                except RuntimeError:
+                    continue
+                progress = True
+                break
+            if progress:
+                break
+
+
+def _parallel_vectorized(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """An elementwise copy: outer loops fused and parallel, the inner loop vectorised."""
+    *outer, inner = sch.get_loops(block)
+    inner_ext = _const(sch.get(inner).extent)
+    if outer and inner_ext is not None and inner_ext % lanes == 0:
+        sch.vectorize(sch.split(inner, [None, lanes])[1])
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
 # --------------------------------------------------------------------------------------------

@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     p.add_argument("--decode-steps", type=int, default=16)
     p.add_argument("--checkpoint", default=None, help="use this .pth instead of a random one")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--modes", default="q0f32",
+                   help="comma-separated quantization modes to time (e.g. q0f32,q0f16,q8f16_1,q4f16_1)")
     args = p.parse_args(argv)
 
     os.environ.setdefault("RWKV_JIT_ON", "1")
@@ -77,23 +79,23 @@ def main(argv=None) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else checkpoints.write_checkpoint(
         getattr(checkpoints, f"{args.arch}_tensors")(n_layer=args.layers, n_embd=args.embd,
                                                      vocab_size=args.vocab), work / "model.pth")
-    t0 = time.perf_counter()
-    lib = build(str(ckpt), target="llvm", output=work / "model.so")
-    build_s = time.perf_counter() - t0
-    _, params, _ = export(resolve_model(str(ckpt)))
-    weight_bytes = decode_weight_bytes(params)
     bandwidth = copy_bandwidth()
-    ceiling = bandwidth / weight_bytes
-
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, args.vocab, args.prefill).tolist()
-    model = load_model(lib, ckpt)
-    state = model.new_state()
-    model.advance(state, prompt[:8])
-    ours_decode = 1 / timed(lambda: model.advance(state, [int(rng.integers(args.vocab))]), args.decode_steps)
-    ours_prefill = args.prefill / timed(lambda: model.advance(model.new_state(), prompt), 1)
+    rows, build_s = [], {}
+    for mode in args.modes.split(","):
+        t0 = time.perf_counter()
+        lib = build(str(ckpt), target="llvm", output=work / f"model-{mode}.so", quantization=mode)
+        build_s[mode] = time.perf_counter() - t0
+        _, params, _ = export(resolve_model(str(ckpt)), mode)
+        model = load_model(lib, ckpt)
+        state = model.new_state()
+        model.advance(state, prompt[:8])
+        decode = 1 / timed(lambda: model.advance(state, [int(rng.integers(args.vocab))]), args.decode_steps)
+        prefill = args.prefill / timed(lambda: model.advance(model.new_state(), prompt), 1)
+        rows.append((f"ours (llvm {mode})", decode, prefill, decode_weight_bytes(params)))
+        del model
 
-    rows = [("ours (llvm fp32)", ours_decode, ours_prefill)]
     if not args.skip_reference:
         ref = reference_model(ckpt)
         _, rstate = ref.forward(prompt[:8], None)
@@ -101,17 +103,26 @@ def main(argv=None) -> int:
         def ref_step():
             nonlocal rstate
             _, rstate = ref.forward([int(rng.integers(args.vocab))], rstate)
+        fp32_bytes = decode_weight_bytes(export(resolve_model(str(ckpt)), "q0f32")[1])
         rows.append(("rwkv package (cpu fp32)", 1 / timed(ref_step, args.decode_steps),
-                     args.prefill / timed(lambda: ref.forward(prompt, None), 1)))
+                     args.prefill / timed(lambda: ref.forward(prompt, None), 1), fp32_bytes))
 
-    print(f"model: {args.arch} {args.layers} x {args.embd}, vocab {args.vocab}; build {build_s:.1f} s")
-    print(f"weights read per decode step: {weight_bytes / 2**20:.1f} MiB; copy bandwidth "
-          f"{bandwidth / 1e9:.1f} GB/s -> ceiling {ceiling:.1f} tok/s")
-    print(f"{'':28s} {'decode tok/s':>13s} {'prefill tok/s':>14s} {'% of ceiling':>13s}")
-    for name, dec, pre in rows:
-        print(f"{name:28s} {dec:13.2f} {pre:14.1f} {100 * dec / ceiling:12.0f}%")
-    if len(rows) == 2:
-        print(f"{'ratio ours / rwkv package':28s} {rows[0][1] / rows[1][1]:13.2f} {rows[0][2] / rows[1][2]:14.2f}")
+    print(f"model: {args.arch} {args.layers} x {args.embd}, vocab {args.vocab}; build "
+          + ", ".join(f"{m} {t:.1f} s" for m, t in build_s.items()))
+    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; ceiling = bandwidth / weight bytes read per decode step")
+    print(f"{'':28s} {'MiB/token':>10s} {'ceiling':>8s} {'decode tok/s':>13s} {'% ceil':>7s} {'prefill tok/s':>14s}")
+    for name, dec, pre, nbytes in rows:
+        ceiling = bandwidth / nbytes
+        print(f"{name:28s} {nbytes / 2**20:10.1f} {ceiling:8.1f} {dec:13.2f} {100 * dec / ceiling:6.0f}% {pre:14.1f}")
+    by_name = {r[0]: r for r in rows}
+    base = by_name.get("ours (llvm q0f32)")
+    ref = by_name.get("rwkv package (cpu fp32)")
+    if base and ref:
+        print(f"ours q0f32 / rwkv package: decode {base[1] / ref[1]:.2f}x, prefill {base[2] / ref[2]:.2f}x")
+    if base:
+        for name, dec, pre, _ in rows:
+            if name.startswith("ours") and name != base[0]:
+                print(f"{name} / ours q0f32: decode {dec / base[1]:.2f}x, prefill {pre / base[2]:.2f}x")
     return 0
 
 

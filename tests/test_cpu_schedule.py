@@ -1,0 +1,213 @@
+"""The llvm matmul schedule (rwkv_relax/cpu_schedule.py) against numpy.
+
+One small nn.Module holds the matmul shapes the RWKV blocks produce, with the epilogues FuseOps
+fuses into them (sigmoid * gate + residual, relu^2, a cast to fp16 and back) and a token-shift
+mix before one of them. It is exported with a static M of 1, 3 and 17 rows and a symbolic T,
+compiled once per (K, N) with ``cpu_pipeline`` and checked against numpy. The checks that the rule
+really fired look at the scheduled TIR (every NT_matmul function marked scheduled) and at the
+LLVM IR (fp32 SIMD vectors and a parallel launch).
+"""
+import functools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, te
+from tvm.relax.backend.cpu_generic.pipeline import legalize_passes
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import op, spec
+
+from rwkv_relax.cpu_schedule import NTMatmulCPU, cpu_pipeline, schedule_matmuls, simd_lanes
+
+TARGET = tvm.target.Target({"kind": "llvm", "mcpu": tvm.get_global_func("target.llvm_get_system_cpu")(),
+                            "num-cores": 2})
+SHAPES = [(40, 72), (192, 1536)]  # (K, N): odd tiles; a real-ish ratio
+STATIC_M = (1, 3, 17)
+SYMBOLIC_M = (1, 2, 5, 17, 33)  # T = 1, and below / across / off the row tile
+RTOL = 1e-4  # relative to the largest magnitude of the reference
+
+
+class Net(nn.Module):
+    """Four NT matmuls (W stored (N, K)) with the epilogues/prologue of an RWKV block."""
+
+    def __init__(self, K: int, N: int):
+        self.w = nn.ModuleList([_Weight(N, K) for _ in range(4)])
+        self.mix = nn.Parameter((K,), "float32")
+
+    def forward(self, x: nn.Tensor, sx: nn.Tensor, gate: nn.Tensor):
+        def lin(i, a):
+            return op.matmul(a, op.permute_dims(self.w[i].weight), out_dtype="float32")
+        xm = x * self.mix + sx * (1.0 - self.mix)  # token-shift mix
+        plain = lin(0, xm)
+        gated = op.sigmoid(lin(1, x)) * gate + gate  # receptance gate + residual
+        sq = op.square(op.relu(lin(2, x)))  # channel-mix key
+        half = lin(3, x).astype("float16").astype("float32")  # fp16 activations
+        return plain, gated, sq, half
+
+    # one exported method per row count (export_tvm names methods after module attributes)
+    m1 = m3 = m17 = mT = forward
+
+
+class _Weight(nn.Module):
+    def __init__(self, N: int, K: int):
+        self.weight = nn.Parameter((N, K), "float32")
+
+
+def _reference(x, sx, gate, w, mix):
+    xm = x * mix + sx * (1.0 - mix)
+    with np.errstate(over="ignore"):
+        sig = 1.0 / (1.0 + np.exp(-(x @ w[1].T)))
+    return (xm @ w[0].T, sig * gate + gate, np.maximum(x @ w[2].T, 0) ** 2,
+            (x @ w[3].T).astype(np.float16).astype(np.float32))
+
+
+def _export(K, N):
+    def sig(m):
+        return {"x": spec.Tensor((m, K), "float32"), "sx": spec.Tensor((m, K), "float32"),
+                "gate": spec.Tensor((m, N), "float32")}
+    methods = {f"m{m}": sig(m) for m in STATIC_M}
+    methods["mT"] = sig("T")
+    mod, _ = Net(K, N).export_tvm(spec=methods)
+    return mod
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(K, N):
+    """One build per shape, shared by the tests of this module."""
+    with TARGET:
+        return tvm.compile(_export(K, N), TARGET, relax_pipeline=cpu_pipeline(TARGET))
+
+
+def _check_numerics(K, N, rng):
+    vm = relax.VirtualMachine(_compiled(K, N), tvm.cpu())
+    w = [(rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32) for _ in range(4)]
+    mix = rng.uniform(0, 1, K).astype(np.float32)
+    params = [tvm.runtime.tensor(a) for a in w + [mix]]
+    calls = [(f"m{m}", m) for m in STATIC_M] + [("mT", m) for m in SYMBOLIC_M]
+    for name, m in calls:
+        x, sx = (rng.standard_normal((m, K)).astype(np.float32) for _ in range(2))
+        gate = rng.standard_normal((m, N)).astype(np.float32)
+        got = vm[name](*(tvm.runtime.tensor(a) for a in (x, sx, gate)), *params)
+        for i, (g, r) in enumerate(zip(got, _reference(x, sx, gate, w, mix))):
+            err = np.abs(g.numpy() - r).max() / np.abs(r).max()
+            # the fp16 output may round the other way when the fp32 sums differ in the last bit
+            tol = RTOL if i != 3 else 2.0**-10
+            assert err < tol, f"{name} (M={m}) output {i}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("K,N", SHAPES)
+def test_matches_numpy(K, N, rng):
+    _check_numerics(K, N, rng)
+
+
+def test_matches_numpy_on_two_threads():
+    """TVM's pool starts hardware_concurrency/2 workers on x86 (1 on a 2-vCPU VM) and cannot
+    grow once created, so the check reruns in a fresh process with TVM_NUM_THREADS=2: the
+    parallel tiles then really run concurrently (a shared accumulator would show up here)."""
+    env = dict(os.environ, TVM_NUM_THREADS="2")
+    K, N = SHAPES[1]
+    run = subprocess.run([sys.executable, __file__, str(K), str(N)], env=env, capture_output=True,
+                         text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "threads=2" in run.stdout
+
+
+def test_every_matmul_is_scheduled():
+    """Each NT_matmul PrimFunc (static M, symbolic T, fused epilogues) is taken by the rule."""
+    mod = _export(*SHAPES[1])
+    with TARGET:
+        mod = tvm.transform.Sequential([
+            relax.transform.FuseTransposeMatmul(),
+            *legalize_passes(TARGET),
+            schedule_matmuls()])(mod)
+    funcs = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    matmuls = [name for name in funcs if "NT_matmul" in name]
+    assert len(matmuls) == 4 * (len(STATIC_M) + 1), sorted(funcs)
+    unscheduled = [name for name in matmuls if "tirx.is_scheduled" not in funcs[name].attrs]
+    assert not unscheduled
+
+
+def test_llvm_ir_is_vectorised_and_parallel():
+    ll = _compiled(*SHAPES[1]).mod.imports[0].inspect_source("ll")
+    lanes = simd_lanes(TARGET)
+    assert f"<{lanes} x float>" in ll
+    assert "TVMBackendParallelLaunch" in ll
+
+
+def test_prologue_in_the_same_primfunc_is_inlined(rng):
+    """A mix computed inside the matmul's PrimFunc (as a tensor_expr_op would) is inlined into
+    the x loads; the result stays exact."""
+    M, K, N = 5, 64, 48
+    x, sx = (te.placeholder((M, K), "float32", name=n) for n in ("x", "sx"))
+    m = te.placeholder((K,), "float32", name="m")
+    w = te.placeholder((N, K), "float32", name="w")
+    xm = te.compute((M, K), lambda i, k: x[i, k] * m[k] + sx[i, k] * (1 - m[k]), name="mix")
+    r = te.reduce_axis((0, K), name="k")
+    y = te.compute((M, N), lambda i, j: te.sum(xm[i, r] * w[j, r], axis=r), name="NT_matmul")
+    z = te.compute((M, N), lambda i, j: te.sigmoid(y[i, j]), name="sig")
+    func = te.create_prim_func([x, sx, m, w, z])
+    sch = NTMatmulCPU().apply(func, TARGET, False)
+    assert sch is not None
+    assert "mix" not in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
+    a = [rng.standard_normal(s).astype(np.float32) for s in ((M, K), (M, K), (K,), (N, K))]
+    out = tvm.runtime.empty((M, N), "float32", tvm.cpu())
+    lib["main"](*(tvm.runtime.tensor(v) for v in a), out)
+    ref = 1 / (1 + np.exp(-((a[0] * a[2] + a[1] * (1 - a[2])) @ a[3].T)))
+    np.testing.assert_allclose(out.numpy(), ref, rtol=RTOL, atol=RTOL)
+
+
+def test_weight_prologue_with_symbolic_rows(rng):
+    """A dequantize in front of W (int8 codes x per-group scale, as a quantized Linear fuses it)
+    is inlined into the W loads after the rows are padded; T = 1, 6 and 9 rows."""
+    K, N, G = 64, 40, 16
+    T = tvm.tirx.Var("T", "int64")
+    x = te.placeholder((T, K), "float32", name="x")
+    codes = te.placeholder((N, K), "int8", name="codes")
+    scale = te.placeholder((N, K // G), "float32", name="scale")
+    w = te.compute((N, K), lambda n, k: codes[n, k].astype("float32") * scale[n, k // G], name="dequantize")
+    r = te.reduce_axis((0, K), name="k")
+    y = te.compute((T, N), lambda t, n: te.sum(x[t, r] * w[n, r], axis=r), name="NT_matmul")
+    sch = NTMatmulCPU().apply(te.create_prim_func([x, codes, scale, y]), TARGET, False)
+    assert sch is not None
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
+    c = rng.integers(-127, 128, (N, K)).astype(np.int8)
+    s = rng.uniform(0.01, 0.1, (N, K // G)).astype(np.float32)
+    w_ref = c.astype(np.float32) * np.repeat(s, G, axis=1)
+    for rows in (1, 6, 9):
+        xa = rng.standard_normal((rows, K)).astype(np.float32)
+        out = tvm.runtime.empty((rows, N), "float32", tvm.cpu())
+        lib["main"](*(tvm.runtime.tensor(v) for v in (xa, c, s)), out)
+        np.testing.assert_allclose(out.numpy(), xa @ w_ref.T, rtol=RTOL, atol=RTOL * np.abs(xa @ w_ref.T).max())
+
+
+def test_other_functions_are_left_alone():
+    """Not an NT matmul (W stored (K, N): k is not contiguous; a plain row sum), or marked
+    scheduled: the rule returns None / the pass keeps the function object."""
+    M, K, N = 4, 32, 16
+    x = te.placeholder((M, K), "float32", name="x")
+    w_kn = te.placeholder((K, N), "float32", name="w")
+    r = te.reduce_axis((0, K), name="k")
+    nn_mm = te.compute((M, N), lambda i, j: te.sum(x[i, r] * w_kn[r, j], axis=r), name="NN_matmul")
+    r2 = te.reduce_axis((0, K), name="k")
+    row_sum = te.compute((M,), lambda i: te.sum(x[i, r2], axis=r2), name="row_sum")
+    rule = NTMatmulCPU()
+    assert rule.apply(te.create_prim_func([x, w_kn, nn_mm]), TARGET, False) is None
+    assert rule.apply(te.create_prim_func([x, row_sum]), TARGET, False) is None
+
+    w = te.placeholder((N, K), "float32", name="w")
+    r3 = te.reduce_axis((0, K), name="k")
+    nt = te.compute((M, N), lambda i, j: te.sum(x[i, r3] * w[j, r3], axis=r3), name="NT_matmul")
+    marked = te.create_prim_func([x, w, nt]).with_attr("tirx.is_scheduled", True)
+    mod = tvm.IRModule({"nt": marked})
+    with TARGET:
+        out = schedule_matmuls()(mod)
+    assert out["nt"].same_as(marked)
+
+
+if __name__ == "__main__":  # test_matches_numpy_on_two_threads
+    print(f"threads={tvm.get_global_func('runtime.NumThreads')()}")
+    _check_numerics(int(sys.argv[1]), int(sys.argv[2]), np.random.default_rng(0))
