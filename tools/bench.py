@@ -66,6 +66,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--modes", default="q0f32",
                    help="comma-separated quantization modes to time (e.g. q0f32,q0f16,q8f16_1,q4f16_1)")
+    p.add_argument("--tokenizer", action="store_true",
+                   help="also time World tokenizer encode against ChatRWKV's TRIE_TOKENIZER (1 MB)")
     args = p.parse_args(argv)
 
     os.environ.setdefault("RWKV_JIT_ON", "1")
@@ -123,6 +125,10 @@ def main(argv=None) -> int:
         for name, dec, pre, _ in rows:
             if name.startswith("ours") and name != base[0]:
                 print(f"{name} / ours q0f32: decode {dec / base[1]:.2f}x, prefill {pre / base[2]:.2f}x")
+    if args.tokenizer:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_tokenizer  # pylint: disable=import-outside-toplevel
+        bench_tokenizer.main([])
     return 0
 
 
