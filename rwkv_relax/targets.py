@@ -2,7 +2,6 @@
 a compile pipeline, an artifact format and the function that writes it (MLC-LLM's ``PRESET``)."""
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import platform
