@@ -15,7 +15,11 @@ rule below keeps the layout and instead
 * pads a symbolic (or ragged) token count up to the row tile with ``pad_einsum`` (a copy of x,
   O(M*K)) instead of a predicate: a ``row < M`` test inside the k loop costs 5x;
 * computes the fused elementwise epilogue (sigmoid, relu^2, residual add, casts) per tile, while
-  the outputs are hot, and inlines injective prologues (token-shift mix) into the x loads.
+  the outputs are hot, and inlines injective prologues (token-shift mix) into the x loads;
+* for a group-quantized W with more than one row (prefill, batches), keeps the dequantize as a
+  block computed once per task into an fp32 block of W rows (<= ``block_bytes``, L2-resident)
+  that the task's token tiles then sweep, instead of unpacking every weight again per 4 tokens.
+  (One-row decode never gets here: it calls the hand-written GEMV of tir_kernels/quant_matmul.)
 
 Functions marked ``tirx.is_scheduled`` (the hand-written WKV kernels) and functions that are not
 such a matmul are left exactly as they are.
@@ -203,7 +207,11 @@ class NTMatmulCPU(dl.ScheduleRule):
         # Prologues go into the x loads (or the x copies; a dequantize into the W loads), the
         # padded output's writeback and epilogue chains into their last block (the first block
         # after a reduction cannot be inlined: it stays, and is computed per tile below).
-        keep = {sch.get(b).name_hint for b in [main_rv, *copies]}
+        # A dequantize producer (group-quantized W, rows > 1) stays a block: it is computed once
+        # per task into a fp32 scratch block of W rows that every row tile then reuses. Inlined,
+        # it would unpack each weight again for every 4 tokens.
+        deq = _dequantize_producer(sch, main_rv) if row_iter is not None else None
+        keep = {sch.get(b).name_hint for b in [main_rv, *copies] + ([deq] if deq else [])}
         _inline_spatial(sch, keep)
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         names = [sch.get(b).name_hint for b in blocks]
@@ -222,7 +230,17 @@ class NTMatmulCPU(dl.ScheduleRule):
         col_tiles = n // tile.cols
         per_task = _largest_divisor(col_tiles, max(1, self.block_bytes // (tile.cols * k * 4)))
         col_oo, col_oi, col_i = sch.split(col, [None, per_task, tile.cols])
-        if row is not None:
+        if row is not None and deq is not None:
+            # tasks = blocks of W rows; the token tiles run serially inside, over the hot block
+            row_o, row_i = sch.split(row, [None, rows])
+            sch.reorder(*outer, col_oo, row_o, col_oi, ko, row_i, col_i, ki)
+            par = sch.fuse(*outer, col_oo) if outer else col_oo
+            sch.unroll(row_i)
+            sch.compute_at(deq, par)
+            *_, deq_k = sch.get_loops(deq)
+            if k % tile.lanes == 0:
+                sch.vectorize(sch.split(deq_k, [None, tile.lanes])[1])
+        elif row is not None:
             row_o, row_i = sch.split(row, [None, rows])
             sch.reorder(*outer, col_oo, row_o, col_oi, ko, row_i, col_i, ki)
             par = sch.fuse(*outer, col_oo, row_o)
@@ -253,6 +271,16 @@ class NTMatmulCPU(dl.ScheduleRule):
         old = {sch.get(b).name_hint for b in sch.get_producers(main_rv)}
         sch.pad_einsum(main_rv, [rows if i == row_iter else 1 for i in range(n_iters)])
         return [b for b in sch.get_producers(main_rv) if sch.get(b).name_hint not in old]
+
+
+def _dequantize_producer(sch: s_tir.Schedule, main_rv):
+    """The spatial block that feeds the matmul dequantized weights (it reads a uint32 buffer)."""
+    for block in sch.get_producers(main_rv):
+        stmt = sch.get(block)
+        if any(r.source.dtype == "uint32" for r in stmt.reads) and all(
+                iv.iter_type == tirx.IterVar.DataPar for iv in stmt.iter_vars):
+            return block
+    return None
 
 
 def _inline_spatial(sch: s_tir.Schedule, keep: set) -> None:

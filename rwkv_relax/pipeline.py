@@ -213,7 +213,8 @@ def build(model: str, target: str = "llvm", output: str | Path | None = None,
     check_toolchain(preset, str(out))
     if preset.name == "cuda" and not cuda_runtime_loaded():
         return _build_in_child(model, target, out, quantization, arch, overrides)
-    mod, _, _ = export(source, quantization, source.keep_embedding_head)
+    mod, params, _ = export(source, quantization, source.keep_embedding_head)
+    preset.check_params(params, quantization)
     prefix = system_lib_prefix(source, quantization) if preset.prefixed_system_lib else None
     ex = compile_module(mod, tvm_target, prefix)
     return atomic_write(out, lambda tmp: preset.export(ex, tmp, prefix))

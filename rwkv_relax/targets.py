@@ -3,6 +3,7 @@ a compile pipeline, an artifact format and the function that writes it (MLC-LLM'
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import re
@@ -11,10 +12,11 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import tvm
 from tvm import relax
 
-from .errors import RWKVRelaxError
+from .errors import ConfigError, RWKVRelaxError
 
 
 class ToolchainError(RWKVRelaxError):
@@ -121,6 +123,8 @@ class TargetPreset:
     # per .wasm, found by tvmjs's createVirtualMachine as web-llm expects.
     prefixed_system_lib: bool
     description: str
+    # largest single weight the target can bind (None: no limit below device memory)
+    max_tensor_bytes: int | None = None
 
     def target(self, arch: str | None = None) -> tvm.target.Target:
         return tvm.target.Target(self.make_target(arch))
@@ -128,6 +132,20 @@ class TargetPreset:
     @property
     def gpu(self) -> bool:
         return self.name != "llvm"
+
+    def check_params(self, params: dict, quantization: str) -> None:
+        """Refuse a (model, mode) whose largest weight this target cannot bind."""
+        if self.max_tensor_bytes is None or not params:
+            return
+        sizes = {name: math.prod(shape) * np.dtype(dtype).itemsize for name, (shape, dtype) in params.items()}
+        name = max(sizes, key=sizes.get)
+        if sizes[name] > self.max_tensor_bytes:
+            raise ConfigError(
+                f"{self.name} cannot run {quantization} for this model: {name} is "
+                f"{sizes[name] / 2**20:.0f} MiB, over the {self.max_tensor_bytes / 2**20:.0f} MiB a "
+                f"{self.name} shader can bind; " + (
+                    "quantize the embedding and head too (no --keep-embedding-head)"
+                    if quantization.startswith("q4") else "use a 4-bit mode (q4f16_1 or q4f32_1)"))
 
 
 PRESETS: dict[str, TargetPreset] = {p.name: p for p in (
@@ -137,7 +155,10 @@ PRESETS: dict[str, TargetPreset] = {p.name: p for p in (
                  False, "Apple silicon Macs (Metal)"),
     TargetPreset("iphone", _iphone, ".tar", _export_tar, True, "iOS (Metal, static system lib)"),
     TargetPreset("android", _android, ".tar", _export_tar, True, "Android (OpenCL, static system lib)"),
-    TargetPreset("webgpu", _webgpu, ".wasm", _export_webgpu, False, "browsers (WebGPU + wasm)"),
+    # every weight is bound whole as one storage buffer; WebGPU guarantees 128 MiB per binding
+    # (maxStorageBufferBindingSize), e.g. a fp32 65536 x 768 head (192 MiB) fails in the browser
+    TargetPreset("webgpu", _webgpu, ".wasm", _export_webgpu, False, "browsers (WebGPU + wasm)",
+                 max_tensor_bytes=128 * 2**20),
     TargetPreset("vulkan", _vulkan, ".so", _export_vulkan, False, "Vulkan (SPIR-V; needs a TVM with Vulkan)"),
 )}
 

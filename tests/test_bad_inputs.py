@@ -105,6 +105,32 @@ def test_unknown_target(tmp_path, capsys):
     assert "unknown target 'tpu'" in msg and "llvm" in msg
 
 
+def test_mode_the_target_cannot_bind(tmp_path, capsys):
+    """WebGPU binds each weight whole and guarantees 128 MiB per binding: fp32 World 0.1B has a
+    65536 x 768 fp32 embedding (192 MiB), so q0f32 cannot run there."""
+    msg = run_build(tmp_path, capsys, "rwkv5-world-0.1b", "--target", "webgpu", "--quantization", "q0f32")
+    assert "webgpu cannot run q0f32" in msg and "embeddings.weight is 192 MiB" in msg and "q4f16_1" in msg
+
+
+@pytest.mark.parametrize("model,mode,fits", [
+    ("rwkv5-world-0.1b", "q0f16", True),  # 96 MiB
+    ("rwkv5-world-1.5b", "q4f16_1", True),  # 32 MiB codes per table
+    ("rwkv5-world-1.5b", "q0f16", False),  # 256 MiB
+])
+def test_webgpu_binding_limit_is_per_tensor(model, mode, fits):
+    from rwkv_relax.errors import ConfigError
+    from rwkv_relax.pipeline import export, resolve_model
+    from rwkv_relax.targets import get_target
+    _, params, _ = export(resolve_model(model), mode)
+    if fits:
+        get_target("webgpu").check_params(params, mode)
+        get_target("llvm").check_params(params, mode)
+    else:
+        with pytest.raises(ConfigError, match="over the 128 MiB"):
+            get_target("webgpu").check_params(params, mode)
+        get_target("cuda").check_params(params, mode)  # no such limit there
+
+
 def test_not_an_rwkv_checkpoint(tmp_path, capsys):
     p = tmp_path / "m.pth"
     torch.save({"encoder.weight": torch.zeros(3, 3)}, p)

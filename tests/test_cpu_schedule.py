@@ -21,6 +21,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op, spec
 
 from rwkv_relax.cpu_schedule import NTMatmulCPU, cpu_pipeline, schedule_matmuls, simd_lanes
+from tir_kernels.quant_matmul import q_matmul_numpy, q_matmul_te
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": tvm.get_global_func("target.llvm_get_system_cpu")(),
                             "num-cores": 2})
@@ -182,6 +183,36 @@ def test_weight_prologue_with_symbolic_rows(rng):
         out = tvm.runtime.empty((rows, N), "float32", tvm.cpu())
         lib["main"](*(tvm.runtime.tensor(v) for v in (xa, c, s)), out)
         np.testing.assert_allclose(out.numpy(), xa @ w_ref.T, rtol=RTOL, atol=RTOL * np.abs(xa @ w_ref.T).max())
+
+
+def test_packed_dequantize_runs_once_per_task_for_prefill(rng):
+    """The quantized Linear's TE function (uint32-packed 4-bit codes, fp16 scales) with symbolic
+    T: the dequantize block is computed per parallel task, outside the token-tile loop, so each
+    weight is unpacked once per call whatever T is; numerics for T = 1, 6, 9 and 33."""
+    K, N = 96, 40
+    T = tvm.tirx.Var("T", "int64")
+    x = te.placeholder((T, K), "float16", name="x")
+    q = te.placeholder((N, K // 8), "uint32", name="q")
+    scale = te.placeholder((N, K // 32), "float16", name="scale")
+    y = q_matmul_te(x, q, scale, 4, 32, "float32")
+    sch = NTMatmulCPU().apply(te.create_prim_func([x, q, scale, y]), TARGET, False)
+    assert sch is not None
+    loops = [sch.get(lp) for lp in sch.get_loops(sch.get_sblock("dequantize"))]
+    assert loops[0].kind == tvm.tirx.ForKind.PARALLEL
+    assert not any(_uses_var(lp.extent, T) for lp in loops)
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
+    qa = rng.integers(0, 2**32, (N, K // 8), dtype=np.uint64).astype(np.uint32)
+    sa = rng.uniform(0.01, 0.1, (N, K // 32)).astype(np.float16)
+    for rows in (1, 6, 9, 33):
+        xa = rng.standard_normal((rows, K)).astype(np.float16)
+        out = tvm.runtime.empty((rows, N), "float32", tvm.cpu())
+        lib["main"](*(tvm.runtime.tensor(v) for v in (xa, qa, sa)), out)
+        ref = q_matmul_numpy(xa, qa, sa, 4, 32)
+        np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def _uses_var(expr, var) -> bool:
+    return any(v.same_as(var) for v in tvm.tirx.analysis.undefined_vars(expr))
 
 
 def test_other_functions_are_left_alone():

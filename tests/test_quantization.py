@@ -21,6 +21,7 @@ from rwkv_relax.testing.checkpoints import rwkv5_tensors, write_checkpoint
 from rwkv_relax.testing.numpy_model import NumpyRWKV, dequantized_params
 
 SHAPE = dict(n_layer=2, n_embd=192, vocab_size=1536, head_size=64, dim_ffn=672, seed=11)
+SHAPE4 = dict(n_layer=2, n_embd=160, vocab_size=1001, dim_ffn=608, seed=12)  # odd vocab: GEMV tail rows
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -62,23 +63,44 @@ def ckpt(factory):
 TOLERANCE = {"float32": 2e-5, "float16": 3e-3}
 
 
+@pytest.mark.parametrize("arch", ["rwkv5", "rwkv4"])
 @pytest.mark.parametrize("mode", list(MODES))
-def test_compiled_matches_float64_model_on_dequantized_weights(factory, ckpt, rng, mode):
+def test_compiled_matches_float64_model_on_dequantized_weights(factory, ckpt, rng, mode, arch):
+    """Prefill (TE dequantize-matmul under the CPU schedule) and decode (the hand-written GEMV)."""
+    shape = SHAPE4 if arch == "rwkv4" else SHAPE
+    if arch == "rwkv4":
+        ckpt = factory.checkpoint("rwkv4", "quant", **SHAPE4)
     model = load_model(factory.library(ckpt, quantization=mode), ckpt)
     params = {p["name"]: t.numpy() for p, t in zip(model.metadata["params"], model.params)}
     if get_mode(mode).quantized:
         assert any(n.endswith("q_weight") for n in params)
         assert "blocks.0.att.time_decay" in params and params["blocks.0.att.time_decay"].dtype == np.float32
-    ref = NumpyRWKV("rwkv5", model.metadata["model_config"],
+    ref = NumpyRWKV(arch, model.metadata["model_config"],
                     dequantized_params(params, get_mode(mode).weight_bits))
-    tokens = rng.integers(0, SHAPE["vocab_size"], 40)
+    tokens = rng.integers(0, shape["vocab_size"], 40)
     theirs, rstate, _ = ref.forward(tokens)
     ours, state = model.prefill(tokens)
     scale = np.abs(theirs).max()
     assert np.abs(ours - theirs).max() <= TOLERANCE[get_mode(mode).act_dtype] * scale
-    token = int(rng.integers(SHAPE["vocab_size"]))
+    token = int(rng.integers(shape["vocab_size"]))
     np.testing.assert_allclose(model.decode(token, state)[0], ref.forward([token], rstate)[0],
                                atol=TOLERANCE[get_mode(mode).act_dtype] * scale, rtol=0)
+
+
+def test_quantized_batches_match_single_sequences(factory, ckpt, rng):
+    """batch_prefill / batch_decode run the TE dequantize-matmul with the weight block unpacked
+    once per task for all rows; single decode runs the GEMV: same logits up to fp16 rounding."""
+    model = load_model(factory.library(ckpt, quantization="q4f16_1"), ckpt)
+    seqs = [rng.integers(0, SHAPE["vocab_size"], n).tolist() for n in (5, 1, 9)]
+    logits, states = model.batch_prefill(seqs, [None] * 3)
+    nxt = [int(t) for t in rng.integers(0, SHAPE["vocab_size"], 3)]
+    blogits, _ = model.batch_decode(nxt, states)
+    for i, seq in enumerate(seqs):
+        single, st = model.prefill(seq)
+        scale = np.abs(single).max()
+        np.testing.assert_allclose(logits[i], single, atol=TOLERANCE["float16"] * scale, rtol=0)
+        np.testing.assert_allclose(blogits[i], model.decode(nxt[i], st)[0],
+                                   atol=TOLERANCE["float16"] * scale, rtol=0)
 
 
 # Bounds on random-weight models (the worst case for group quantization: Gaussian weights have

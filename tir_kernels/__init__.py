@@ -4,9 +4,11 @@ Kernels are factories: they take the static sizes and return a PrimFunc. Models 
 through ``tvm.relax.frontend.nn.op.tensor_ir_op``; tests compare them against the numpy twins.
 """
 
+import json
+
 from tvm import tirx
 
-from . import wkv4, wkv5
+from . import quant_matmul, wkv4, wkv5
 
 # name -> factory(*sizes, target=...). Models build the "cpu" form through :func:`kernel`; GPU
 # pipelines swap in the "gpu" form through :func:`retarget`, so models never see targets.
@@ -15,21 +17,25 @@ FACTORIES = {
     "wkv5_ragged": wkv5.wkv5_ragged,
     "wkv4": wkv4.wkv4,
     "wkv4_ragged": wkv4.wkv4_ragged,
+    "q_gemv": quant_matmul.q_gemv,
 }
+# attributes that name a kernel; retarget() carries these (and the symbol) over, nothing else:
+# a form's own attributes (e.g. tirx.is_scheduled on the CPU GEMV) must not leak into another
+TAG_ATTRS = ("rwkv_kernel", "rwkv_kernel_args", "global_symbol")
 
 
-def kernel(name: str, *sizes: int) -> tirx.PrimFunc:
-    """The default (CPU) form of kernel ``name``, tagged so that a pipeline can re-target it."""
-    func = FACTORIES[name](*sizes, target="cpu")
-    return func.with_attr("rwkv_kernel", name).with_attr("rwkv_kernel_sizes", [int(s) for s in sizes])
+def kernel(name: str, *args: int | str) -> tirx.PrimFunc:
+    """The default (CPU) form of kernel ``name``, tagged so that a pipeline can re-target it.
+    ``args`` are the factory's static arguments (sizes, dtypes)."""
+    func = FACTORIES[name](*args, target="cpu")
+    return func.with_attr("rwkv_kernel", name).with_attr("rwkv_kernel_args", json.dumps(list(args)))
 
 
 def retarget(func: tirx.PrimFunc, form: str) -> tirx.PrimFunc:
-    """The ``form`` ("cpu" / "gpu") of a tagged kernel, keeping the function's other attributes."""
+    """The ``form`` ("cpu" / "gpu") of a tagged kernel, with the tag and symbol carried over."""
     name = str(func.attrs["rwkv_kernel"])
-    sizes = [int(s) for s in func.attrs["rwkv_kernel_sizes"]]
-    new = FACTORIES[name](*sizes, target=form)
-    for key, value in func.attrs.items():
-        if key not in new.attrs or key == "global_symbol":
-            new = new.with_attr(key, value)
+    new = FACTORIES[name](*json.loads(str(func.attrs["rwkv_kernel_args"])), target=form)
+    for key in TAG_ATTRS:
+        if key in func.attrs:
+            new = new.with_attr(key, func.attrs[key])
     return new

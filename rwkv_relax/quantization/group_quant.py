@@ -9,7 +9,9 @@ the activation dtype: q_weight (N, K*bits/32) uint32, q_scale (N, K/G).
 from __future__ import annotations
 
 import numpy as np
-from tvm import te, tirx
+
+# the TE dequantization lives with the kernels that inline it
+from tir_kernels.quant_matmul import te_dequantize  # noqa: F401  (re-exported)
 
 
 def qmax(bits: int) -> int:
@@ -51,15 +53,3 @@ def dequantize(q: np.ndarray, scale: np.ndarray, bits: int, group: int) -> np.nd
     codes = codes.reshape(n, -1).astype(np.float32) - qmax(bits)
     k = codes.shape[1]
     return (codes.reshape(n, k // group, group) * scale.astype(np.float32)[..., None]).reshape(n, k)
-
-
-def te_dequantize(q: te.Tensor, scale: te.Tensor, bits: int, group: int, out_dtype: str) -> te.Tensor:
-    """TE twin of :func:`dequantize`; inlined into the matmul that consumes it."""
-    per_word = 32 // bits
-    mask = tirx.const(2 ** bits - 1, "uint32")
-
-    def f(n, k):
-        code = (q[n, k // per_word] >> ((k % per_word) * bits).astype("uint32")) & mask
-        return ((code.astype("float32") - float(qmax(bits))) * scale[n, k // group].astype("float32")
-                ).astype(out_dtype)
-    return te.compute((q.shape[0], q.shape[1] * per_word), f, name="dequantize")

@@ -15,6 +15,9 @@ from tvm import te
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
+from tir_kernels import kernel
+from tir_kernels.quant_matmul import dequantize_element, q_matmul_te
+
 from ..errors import RWKVRelaxError
 from ..models.common import Embedding, Linear
 from . import group_quant as gq
@@ -36,8 +39,11 @@ class WeightPlan:
 
 
 class GroupQuantLinear(nn.Module):
-    """``Linear`` with group-quantized weights; dequantization is fused into the matmul (one TE
-    function), so decode reads only the packed bytes."""
+    """``Linear`` with group-quantized weights; dequantization is fused into an fp32-accumulating
+    matmul (tir_kernels/quant_matmul.py), so decode reads only the packed bytes. One row
+    (decode) calls the tagged ``q_gemv`` kernel (CPU form: a hand-written GEMV; GPU form: the TE
+    function for dlight's GEMV rule); more rows the TE function, which the CPU matmul schedule
+    or dlight schedules."""
 
     def __init__(self, lin: Linear, mode: QuantMode):
         self.in_features, self.out_features = lin.in_features, lin.out_features
@@ -48,21 +54,19 @@ class GroupQuantLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         bits, group, out_dtype = self.bits, self.group, self.out_dtype
-
-        def dequantize_matmul(x, q, scale):  # x: (T, K) -> (T, N)
-            w = gq.te_dequantize(q, scale, bits, group, "float32")
-            k = te.reduce_axis((0, x.shape[1]), name="k")
-            acc = te.compute((x.shape[0], w.shape[0]),
-                             lambda t, n: te.sum(x[t, k].astype("float32") * w[n, k], axis=k),
-                             name="matmul")
-            if out_dtype == "float32":
-                return acc
-            return te.compute(acc.shape, lambda t, n: acc[t, n].astype(out_dtype), name="cast")
-        return op.tensor_expr_op(dequantize_matmul, "dequantize_matmul", [x, self.q_weight, self.q_scale])
+        if isinstance(x.shape[0], int) and x.shape[0] == 1:
+            func = kernel("q_gemv", self.out_features, self.in_features, bits, group, x.dtype, out_dtype)
+            return op.tensor_ir_op(func, "q_gemv", [x, self.q_weight, self.q_scale],
+                                   Tensor.placeholder([1, self.out_features], out_dtype))
+        # built on the caller's shapes, so the symbolic token count is shared with the graph
+        return op.tensor_expr_op(lambda x, q, s: q_matmul_te(x, q, s, bits, group, out_dtype),
+                                 "dequantize_matmul", [x, self.q_weight, self.q_scale])
 
 
 class GroupQuantEmbedding(nn.Module):
-    """Embedding table stored group-quantized along channels; rows are dequantized on gather."""
+    """Embedding table stored group-quantized along channels. Only the gathered rows are
+    dequantized: one compute reads q[ids[t]] (a dequantize stage over the whole table would run
+    unscheduled on llvm and cost more than the rest of a decode step)."""
 
     def __init__(self, emb: Embedding, mode: QuantMode):
         vocab, n_embd = emb.weight.shape
@@ -75,8 +79,9 @@ class GroupQuantEmbedding(nn.Module):
         bits, group, dtype = self.bits, self.group, self.dtype
 
         def gather(q, scale, ids):
-            w = gq.te_dequantize(q, scale, bits, group, dtype)
-            return te.compute((ids.shape[0], w.shape[1]), lambda t, c: w[ids[t], c], name="embedding")
+            return te.compute((ids.shape[0], q.shape[1] * (32 // bits)),
+                              lambda t, c: dequantize_element(q, scale, ids[t], c, bits, group).astype(dtype),
+                              name="embedding")
         return op.tensor_expr_op(gather, "dequantize_embedding", [self.q_weight, self.q_scale, ids])
 
 

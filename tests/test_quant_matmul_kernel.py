@@ -1,0 +1,103 @@
+"""The group-quantized decode GEMV (tir_kernels/quant_matmul.py) against its numpy twin, on llvm.
+
+Shapes cover the kernel's branches: 4-row tiles plus 1-3 tail rows (and fewer rows than one
+tile), 8-word and 4-word lane blocks (K % 64 == 32), 4- and 8-bit codes, fp16/fp32 activations
+and outputs. Words are random uint32 (every code value, the top code's sign bit set), not only
+what ``quantize`` produces.
+"""
+import functools
+
+import numpy as np
+import pytest
+import tvm
+from tvm.s_tir import dlight as dl
+
+from rwkv_relax.quantization import group_quant as gq
+from tir_kernels import kernel, retarget
+from tir_kernels.quant_matmul import q_gemv, q_matmul_numpy
+
+# fp32 out: only the summation order differs from the float64 twin (measured ~2e-7 of max |y|)
+RTOL = {"float32": 2e-6, "float16": 1e-3}  # fp16: one output rounding, 2**-11 relative
+
+
+@functools.lru_cache(maxsize=None)
+def _target():
+    cpu = tvm.get_global_func("target.llvm_get_system_cpu")()
+    return tvm.target.Target({"kind": "llvm", "mcpu": cpu})
+
+
+@functools.lru_cache(maxsize=None)
+def _build(n, k, bits, act, out):
+    func = q_gemv(n, k, bits, 32, act, out, "cpu").with_attr("global_symbol", "main")
+    return tvm.compile(tvm.IRModule({"main": func}), _target())
+
+
+def _run(lib, x, q, s, n, out):
+    y = tvm.runtime.tensor(np.zeros((1, n), out))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(q), tvm.runtime.tensor(s), y)
+    return y.numpy()
+
+
+CASES = [  # n, k, bits, act, out
+    (3, 64, 4, "float32", "float32"),  # tail rows only, no 4-row tile
+    (7, 96, 4, "float16", "float32"),  # K % 64 == 32: 4-word lane blocks
+    (258, 768, 4, "float16", "float16"),  # 64 tasks of uneven length + 2 tail rows
+    (61, 672, 4, "float32", "float32"),
+    (1001, 256, 8, "float16", "float32"),
+    (13, 672, 8, "float32", "float16"),
+]
+
+
+@pytest.mark.parametrize("n,k,bits,act,out", CASES)
+def test_gemv_matches_numpy_twin_on_any_words(n, k, bits, act, out):
+    rng = np.random.default_rng(n * k + bits)
+    q = rng.integers(0, 2**32, (n, k * bits // 32), dtype=np.uint64).astype(np.uint32)
+    s = (rng.standard_normal((n, k // 32)) * 0.05).astype(act)
+    x = rng.standard_normal((1, k)).astype(act)
+    y = _run(_build(n, k, bits, act, out), x, q, s, n, out)
+    ref = q_matmul_numpy(x, q, s, bits, 32)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=RTOL[out] * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_gemv_on_quantized_weights_matches_dequantized_matmul(bits):
+    """Through ``quantize``: y equals x @ dequantize(q, s).T (the twin is not the only oracle)."""
+    rng = np.random.default_rng(bits)
+    n, k = 50, 320
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    q, s = gq.quantize(w, bits, 32, "float32")
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    y = _run(_build(n, k, bits, "float32", "float32"), x, q, s, n, "float32")
+    ref = x.astype(np.float64) @ gq.dequantize(q, s, bits, 32).astype(np.float64).T
+    np.testing.assert_allclose(y, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+    # gq.dequantize rounds each weight to fp32; the twin keeps float64
+    np.testing.assert_allclose(q_matmul_numpy(x, q, s, bits, 32), ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+
+
+def test_gemv_is_vectorised_on_llvm():
+    """The point of the kernel: whole words per SIMD lane, 8-wide int->float and FMA."""
+    lib = _build(258, 768, 4, "float16", "float16")
+    ll = lib.mod.imports[0].inspect_source("ll") if lib.mod.imports else lib.mod.inspect_source("ll")
+    assert "sitofp <8 x i32>" in ll
+    assert "<8 x float>" in ll and "fmuladd.v8f32" in ll or "fma.v8f32" in ll
+
+
+def test_gpu_form_is_left_for_dlight():
+    """Retargeting swaps in the TE function: unscheduled (dlight's GEMV rule takes it), tagged."""
+    cpu = kernel("q_gemv", 64, 128, 4, 32, "float16", "float32")
+    assert "tirx.is_scheduled" in cpu.attrs
+    gpu = retarget(cpu, "gpu")
+    assert "tirx.is_scheduled" not in gpu.attrs
+    assert str(gpu.attrs["rwkv_kernel"]) == "q_gemv"
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_80", "host": "llvm",
+                                "max_shared_memory_per_block": 49152})
+    with target:  # the GEMV rule itself takes it (not only dlight's Fallback)
+        sch = dl.gpu.GEMV().apply(gpu.with_attr("global_symbol", "main"), target, False)
+    assert sch is not None and "threadIdx" in sch.mod.script()
+
+
+def test_unsupported_layouts_are_refused():
+    with pytest.raises(ValueError, match="unsupported"):
+        q_gemv(8, 48, 4, 32, "float32", "float32")  # K not a multiple of 32
+    with pytest.raises(ValueError, match="unknown q_gemv target"):
+        q_gemv(8, 64, 4, 32, "float32", "float32", target="metal")
