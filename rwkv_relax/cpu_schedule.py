@@ -41,6 +41,8 @@ from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.target import Target, codegen
 
+from tir_kernels import FEATURE_FORMS, retarget
+
 
 # --------------------------------------------------------------------------------------------
 # Tile choice
@@ -321,6 +323,27 @@ def schedule_matmuls(tile: Tile | None = None) -> tvm.transform.Pass:
     return dl.ApplyDefaultSchedule(NTMatmulCPU(tile))
 
 
+def retarget_for_cpu_features(target: Target) -> tvm.transform.Pass:
+    """Swap tagged kernels for their instruction-set form (tir_kernels.FEATURE_FORMS) when the
+    target has that feature, e.g. the int16 ``vpmaddwd`` decode GEMV on AVX2."""
+
+    @tvm.transform.module_pass(opt_level=0, name="RetargetKernelsForCPU")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        forms = [f for f, names in FEATURE_FORMS.items() if codegen.target_has_features(f, target)]
+        updates = {}
+        for gv, func in mod.functions.items():
+            if isinstance(func, tirx.PrimFunc) and func.attrs is not None and "rwkv_kernel" in func.attrs:
+                name = str(func.attrs["rwkv_kernel"])
+                for form in forms:
+                    if name in FEATURE_FORMS[form]:
+                        updates[gv] = retarget(func, form)
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return _pass
+
+
 def cpu_pipeline(target: Target, tile: Tile | None = None) -> tvm.transform.Pass:
     """``relax.get_default_pipeline(llvm)`` with FuseTransposeMatmul in front of legalization
     (``x @ W.T`` becomes one NT_matmul, not a transpose kernel plus a matmul) and the matmul
@@ -331,7 +354,7 @@ def cpu_pipeline(target: Target, tile: Tile | None = None) -> tvm.transform.Pass
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
             seq = tvm.transform.Sequential(
-                [relax.transform.FuseTransposeMatmul()]
+                [retarget_for_cpu_features(target), relax.transform.FuseTransposeMatmul()]
                 + cpu_generic.library_dispatch_passes(target)
                 + cpu_generic.legalize_passes(target)  # Legalize, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR
                 + [schedule_matmuls(tile)]

@@ -14,7 +14,8 @@ from tvm.s_tir import dlight as dl
 
 from rwkv_relax.quantization import group_quant as gq
 from tir_kernels import kernel, retarget
-from tir_kernels.quant_matmul import q_gemv, q_matmul_numpy
+from tir_kernels.quant_matmul import (AVX2_MIN_ROWS_PER_INPUT, q_gemv, q_gemv_i16_numpy,
+                                      q_matmul_numpy, quantize_activations_i16)
 
 # fp32 out: only the summation order differs from the float64 twin (measured ~2e-7 of max |y|)
 RTOL = {"float32": 2e-6, "float16": 1e-3}  # fp16: one output rounding, 2**-11 relative
@@ -27,9 +28,18 @@ def _target():
 
 
 @functools.lru_cache(maxsize=None)
-def _build(n, k, bits, act, out):
-    func = q_gemv(n, k, bits, 32, act, out, "cpu").with_attr("global_symbol", "main")
+def _build(n, k, bits, act, out, form="cpu"):
+    func = q_gemv(n, k, bits, 32, act, out, form).with_attr("global_symbol", "main")
     return tvm.compile(tvm.IRModule({"main": func}), _target())
+
+
+def _has_avx2() -> bool:
+    from tvm.target import codegen
+    return codegen.target_has_features("avx2", _target())
+
+
+def _ll(lib) -> str:
+    return lib.mod.imports[0].inspect_source("ll") if lib.mod.imports else lib.mod.inspect_source("ll")
 
 
 def _run(lib, x, q, s, n, out):
@@ -76,10 +86,66 @@ def test_gemv_on_quantized_weights_matches_dequantized_matmul(bits):
 
 def test_gemv_is_vectorised_on_llvm():
     """The point of the kernel: whole words per SIMD lane, 8-wide int->float and FMA."""
-    lib = _build(258, 768, 4, "float16", "float16")
-    ll = lib.mod.imports[0].inspect_source("ll") if lib.mod.imports else lib.mod.inspect_source("ll")
+    ll = _ll(_build(258, 768, 4, "float16", "float16"))
     assert "sitofp <8 x i32>" in ll
     assert "<8 x float>" in ll and "fmuladd.v8f32" in ll or "fma.v8f32" in ll
+
+
+AVX2_CASES = [  # n, k, bits, out: n >= 8 k picks the int16 form
+    (8 * 64 + 3, 64, 4, "float32"),  # tail rows
+    (8 * 128, 128, 4, "float16"),
+    (8 * 96 + 1, 96, 8, "float32"),  # K % 64 == 32 is fine at 8 bits (K/4 words)
+]
+
+
+@pytest.mark.skipif(not _has_avx2(), reason="this CPU has no AVX2")
+@pytest.mark.parametrize("n,k,bits,out", AVX2_CASES)
+def test_avx2_form_matches_its_twin_and_the_exact_product(n, k, bits, out):
+    """int16 activations: the kernel equals its twin up to fp32 rounding; against the exact
+    product the error stays far below fp16 rounding of the activations (2**-11)."""
+    rng = np.random.default_rng(n + bits)
+    q = rng.integers(0, 2**32, (n, k * bits // 32), dtype=np.uint64).astype(np.uint32)
+    s = (rng.standard_normal((n, k // 32)) * 0.05).astype(np.float16)
+    x = (rng.standard_normal((1, k)) * np.exp(rng.standard_normal((1, k)))).astype(np.float16)
+    x[0, :32] = 0  # an all-zero group (scale 1, codes 0)
+    lib = _build(n, k, bits, "float16", out, "avx2")
+    assert "pmadd.wd" in _ll(lib)
+    y = _run(lib, x, q, s, n, out)
+    exact = q_matmul_numpy(x, q, s, bits, 32)
+    m = np.abs(exact).max()
+    np.testing.assert_allclose(y, q_gemv_i16_numpy(x, q, s, bits, 32), rtol=0, atol=RTOL[out] * m)
+    np.testing.assert_allclose(y, exact, rtol=0, atol=max(RTOL[out], 2e-4) * m)
+
+
+def test_int16_activation_quantization_bound():
+    """Per element at most half a step, 2**-16 of the group's largest |x|."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((1, 256)) * np.exp(2 * rng.standard_normal((1, 256)))).astype(np.float16)
+    codes, scale = quantize_activations_i16(x, 32)
+    err = np.abs(codes.astype(np.float64) * np.repeat(scale, 32) - x[0].astype(np.float64))
+    bound = np.repeat(np.abs(x[0].astype(np.float64)).reshape(-1, 32).max(axis=1), 32) * 2.0**-16
+    assert np.all(err <= bound * 1.0001) and np.abs(codes).max() == 32767
+
+
+def test_avx2_form_falls_back_where_it_does_not_pay():
+    """fp32 activations (exactness), narrow outputs (serial int16 preparation not amortized):
+    the "avx2" form is the "cpu" form."""
+    k = 128
+    wide = AVX2_MIN_ROWS_PER_INPUT * k
+    for args in [(wide, k, 4, 32, "float32", "float32"), (wide - 1, k, 4, 32, "float16", "float32")]:
+        assert q_gemv(*args, target="avx2").script() == q_gemv(*args, target="cpu").script()
+    assert q_gemv(wide, k, 4, 32, "float16", "float32", target="avx2").script() != \
+        q_gemv(wide, k, 4, 32, "float16", "float32", target="cpu").script()
+
+
+def test_cpu_pipeline_retargets_only_with_avx2():
+    from rwkv_relax.cpu_schedule import retarget_for_cpu_features
+    func = kernel("q_gemv", 8 * 128, 128, 4, 32, "float16", "float32")
+    mod = tvm.IRModule({"q_gemv": func})
+    plain = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})
+    avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+    assert retarget_for_cpu_features(plain)(mod)["q_gemv"].script() == func.script()
+    assert "pmadd.wd" in retarget_for_cpu_features(avx2)(mod)["q_gemv"].script()
 
 
 def test_gpu_form_is_left_for_dlight():

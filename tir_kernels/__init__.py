@@ -19,6 +19,9 @@ FACTORIES = {
     "wkv4_ragged": wkv4.wkv4_ragged,
     "q_gemv": quant_matmul.q_gemv,
 }
+# kernels with a CPU form named after an instruction-set feature; the llvm pipeline swaps it in
+# when the target has the feature (the default "cpu" forms are portable)
+FEATURE_FORMS = {"avx2": ("q_gemv",)}
 # attributes that name a kernel; retarget() carries these (and the symbol) over, nothing else:
 # a form's own attributes (e.g. tirx.is_scheduled on the CPU GEMV) must not leak into another
 TAG_ATTRS = ("rwkv_kernel", "rwkv_kernel_args", "global_symbol")

@@ -9,8 +9,12 @@ Two implementations:
   :func:`q_matmul_te`  the dequantization as a TE stage inlined into a fp32-accumulating matmul,
          for any number of rows (tokens). Unscheduled: dlight's GEMV/matmul rules schedule it on
          GPUs, rwkv_relax's CPU matmul rule on llvm (prefill, batches).
-  :func:`q_gemv`  one row (decode), a tagged kernel with two forms (the ``target`` argument):
-         "cpu" a hand-written llvm GEMV, "gpu" the TE function for dlight's GEMV rule.
+  :func:`q_gemv`  one row (decode), a tagged kernel with three forms (the ``target`` argument):
+         "cpu" a hand-written llvm GEMV, exact fp32 products (any llvm target);
+         "avx2" for fp16 activations on x86 with AVX2 and wide outputs (the head), the same
+         GEMV on int16 dot products (see :func:`_q_gemv_avx2_i16`; other dtypes and shapes get
+         the "cpu" form);
+         "gpu" the TE function for dlight's GEMV rule.
 
 Why a hand-written decode GEMV: dequantizing element by element (shift by ``(k % 8) * 4``, mask,
 convert, subtract qmax, multiply by the scale, FMA) costs ~6 vector ops per 8 weights and leaves
@@ -37,12 +41,16 @@ import numpy as np
 from tvm import te, tirx
 from tvm.script import tirx as T
 
-Q_GEMV_TARGETS = ("cpu", "gpu")
+Q_GEMV_TARGETS = ("cpu", "avx2", "gpu")
 ROWS = 4  # weight rows per register tile: 4 chains x (AND, CVT, FMA) keep an AVX2 core busy
 TASKS = 64  # parallel tasks per call (each a run of row tiles; buffers live per task)
 # software prefetch of the rows this many tiles ahead: the hardware prefetcher alone leaves a
 # cold 4-bit GEMV ~20% slower (measured 5.7-6.0 -> 4.8 ms for the weights of RWKV-5 0.1B)
 PREFETCH_TILES = 2
+# the "avx2" form prepares int16 activations serially (~5 us at K = 768, against ~2 us for the
+# "cpu" form's copy of x); it pays off on wide outputs only: 23% faster on a 65536 x 768 head,
+# even at 2688 x 768, slower on 768 x 2688. Below this many rows per input channel: "cpu" form.
+AVX2_MIN_ROWS_PER_INPUT = 8
 
 
 def qmax(bits: int) -> int:
@@ -58,7 +66,10 @@ def q_gemv(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype: str
            target: str = "cpu") -> tirx.PrimFunc:
     """PrimFunc ``(x (1, k) act_dtype, q, scale, y (1, n) out_dtype)``."""
     _check(n, k, bits, group)
-    if target == "cpu":
+    if (target == "avx2" and act_dtype == "float16" and (k // (32 // bits)) % 8 == 0
+            and n >= AVX2_MIN_ROWS_PER_INPUT * k):
+        return _q_gemv_avx2_i16(n, k, bits, group, act_dtype, out_dtype)
+    if target in ("cpu", "avx2"):
         return _q_gemv_cpu(n, k, bits, group, act_dtype, out_dtype)
     if target == "gpu":
         per_word = 32 // bits
@@ -87,6 +98,26 @@ def q_matmul_numpy(x: np.ndarray, q: np.ndarray, scale: np.ndarray, bits: int, g
         codes[:, j::per_word] = (q.astype(np.int64) >> (bits * j)) & (2 ** bits - 1)
     w = (codes - qmax(bits)).astype(np.float64) * np.repeat(scale.astype(np.float64), group, axis=1)
     return x.astype(np.float64) @ w.T
+
+
+def quantize_activations_i16(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """x (1, K) -> (int16 codes (K,), per-group scales (K/group,)) as the "avx2" form does:
+    ``scale = max|x_g| / 32767`` (1 for an all-zero group), codes rounded half to even."""
+    xg = x.astype(np.float32).reshape(-1, group)
+    amax = np.abs(xg).max(axis=1)
+    safe = np.where(amax > 0, amax, np.float32(32767))  # an all-zero group: scale 1
+    scale = (safe / np.float32(32767)).astype(np.float32)
+    inv = (np.float32(32767) / safe).astype(np.float32)
+    codes = np.rint(xg * inv[:, None]).astype(np.int16)
+    return codes.reshape(-1), scale
+
+
+def q_gemv_i16_numpy(x: np.ndarray, q: np.ndarray, scale: np.ndarray, bits: int, group: int) -> np.ndarray:
+    """Twin of the "avx2" form: activations quantized per group to int16, exact integer dot
+    products per group, float64 scaling."""
+    codes, xs = quantize_activations_i16(x, group)
+    xi = codes.astype(np.float64) * np.repeat(xs.astype(np.float64), group)
+    return q_matmul_numpy(xi[None, :], q, scale, bits, group)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,5 +238,117 @@ def _q_gemv_cpu(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype
             part = T.alloc_buffer((R, L), "float32", scope="global")
             tot = T.alloc_buffer((R,), "float32", scope="global")
             rows_tile(x, q, scale, y, xp, xc, acc, part, tot, tiles * R, tail)
+
+    return q_gemv
+
+
+# ---------------------------------------------------------------------------------------------
+# "avx2": int16 dot products (fp16 activations only)
+
+
+def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype: str):
+    """The decode GEMV on ``vpmaddwd`` (16 int16 products, summed in pairs, per instruction).
+
+    Each group of ``group`` activations is quantized to int16 with its own scale
+    (``max|x_g| / 32767``): a per-element error of at most 2**-16 of the group's largest value,
+    1/16 of what rounding that value to fp16 already costs -- hence fp16 activations only; the
+    fp32 modes keep the exact "cpu" form. One AND with ``mask | mask << 16`` leaves two codes in
+    the int16 halves of every word (codes p and p + per_word/2); ``vpmaddwd`` against the
+    matching activation pairs gives ``c_p x_p + c_{p+P} x_{p+P}`` per word, so a 64-code block of
+    one row costs 4 AND + 3 shifts + 4 multiply-adds + 4 integer adds, against 8 AND + 8
+    converts + 8 FMAs in the "cpu" form. The integer sums (< 2**26) are exact; per word they are
+    converted once and scaled by (weight scale x activation scale). ``- qmax * sum x`` is an
+    integer start value, as in the "cpu" form.
+    """
+    per_word = 32 // bits
+    words = k // per_word
+    L = 8  # words (int32 lanes) per vector = 16 int16 lanes
+    KB = words // L
+    wpg = group // per_word
+    P = per_word // 2  # passes; pass p yields codes p (low half) and p + P (high half) of a word
+    qm = qmax(bits)
+    mask2 = (2 ** bits - 1) | ((2 ** bits - 1) << 16)
+    G = k // group
+    R = ROWS
+    tiles, tail = n // R, n % R
+    tasks = max(1, min(TASKS, tiles))
+    per_task = (tiles + tasks - 1) // tasks
+
+    @T.macro
+    def rows_tile(q, scale, y, xq, xc, xs, acc, part, tot, row0, nrows):
+        for r in T.unroll(nrows):
+            acc[r, T.Ramp(0, 1, L)] = T.Broadcast(T.float32(0), L)
+        for kb in range(KB):
+            if kb % (16 // L) == 0:  # once per 64-byte line of each row
+                for r in T.unroll(nrows):
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
+                        q[T.min(row0 + r + PREFETCH_TILES * R, n - 1), kb * L]), T.int32(0), T.int32(3),
+                        T.int32(1)))
+            for r in T.unroll(nrows):
+                part[r, T.Ramp(0, 1, L)] = xc[kb, T.Ramp(0, 1, L)]
+            for p in T.unroll(P):
+                for r in T.unroll(nrows):
+                    part[r, T.Ramp(0, 1, L)] = part[r, T.Ramp(0, 1, L)] + T.call_llvm_pure_intrin(
+                        "int32x8", "llvm.x86.avx2.pmadd.wd",
+                        T.reinterpret("int16x16", T.bitwise_and(
+                            T.shift_right(q[row0 + r, T.Ramp(kb * L, 1, L)],
+                                          T.Broadcast(T.Cast("uint32", bits * p), L)),
+                            T.Broadcast(T.uint32(mask2), L))),
+                        xq[kb, p, T.Ramp(0, 1, 2 * L)])
+            for r in T.unroll(nrows):
+                for lane in T.vectorized(L):
+                    acc[r, lane] = acc[r, lane] + T.Cast("float32", part[r, lane]) * (
+                        T.Cast("float32", scale[row0 + r, (kb * L + lane) // wpg]) * xs[kb, lane])
+        for r in T.unroll(nrows):
+            tot[r] = T.float32(0)
+            for lane in range(L):
+                tot[r] = tot[r] + acc[r, lane]
+            y[0, row0 + r] = T.Cast(out_dtype, tot[r])
+
+    @T.prim_func(private=True)
+    def q_gemv(x: T.Buffer((T.int64(1), T.int64(k)), act_dtype),
+               q: T.Buffer((T.int64(n), T.int64(words)), "uint32"),
+               scale: T.Buffer((T.int64(n), T.int64(k // group)), act_dtype),
+               y: T.Buffer((T.int64(1), T.int64(n)), out_dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        gmax = T.alloc_buffer((8,), "float32")
+        ginv = T.alloc_buffer((1,), "float32")
+        gs = T.alloc_buffer((G,), "float32")
+        xl = T.alloc_buffer((k,), "int16")  # quantized x, natural order
+        xq = T.alloc_buffer((KB, P, 2 * L), "int16")  # ... in vpmaddwd order
+        xc = T.alloc_buffer((KB, L), "int32")
+        xs = T.alloc_buffer((KB, L), "float32")
+        for g in range(G):
+            for lane in T.vectorized(8):
+                gmax[lane] = T.float32(0)
+            for c in range(group // 8):
+                for lane in T.vectorized(8):
+                    gmax[lane] = T.max(gmax[lane], T.fabs(T.Cast("float32", x[0, g * group + c * 8 + lane])))
+            for lane in range(1, 8):
+                gmax[0] = T.max(gmax[0], gmax[lane])
+            gs[g] = T.if_then_else(gmax[0] > T.float32(0), gmax[0] / T.float32(32767), T.float32(1))
+            ginv[0] = T.if_then_else(gmax[0] > T.float32(0), T.float32(32767) / gmax[0], T.float32(1))
+            for e in T.vectorized(group):
+                xl[g * group + e] = T.Cast("int16", T.nearbyint(T.Cast("float32", x[0, g * group + e]) * ginv[0]))
+        for kb in range(KB):
+            for lane in range(L):
+                xs[kb, lane] = gs[(kb * L + lane) // wpg]
+                xc[kb, lane] = 0
+                for p in T.unroll(P):
+                    for h in T.unroll(2):
+                        xq[kb, p, 2 * lane + h] = xl[(kb * L + lane) * per_word + p + h * P]
+                        xc[kb, lane] = xc[kb, lane] - qm * T.Cast("int32", xl[(kb * L + lane) * per_word + p + h * P])
+        for task in T.parallel(tasks):
+            acc = T.alloc_buffer((R, L), "float32", scope="global")
+            part = T.alloc_buffer((R, L), "int32", scope="global")
+            tot = T.alloc_buffer((R,), "float32", scope="global")
+            for i in range(per_task):
+                if task * per_task + i < tiles:
+                    rows_tile(q, scale, y, xq, xc, xs, acc, part, tot, (task * per_task + i) * R, R)
+        if tail > 0:
+            acc = T.alloc_buffer((R, L), "float32", scope="global")
+            part = T.alloc_buffer((R, L), "int32", scope="global")
+            tot = T.alloc_buffer((R,), "float32", scope="global")
+            rows_tile(q, scale, y, xq, xc, xs, acc, part, tot, tiles * R, tail)
 
     return q_gemv
