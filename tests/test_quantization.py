@@ -110,9 +110,13 @@ QUALITY_BOUNDS = {"q0f16": (1e-4, 0.98), "q8f16_1": (2e-3, 0.95),
                   "q4f32_1": (0.15, 0.6), "q4f16_1": (0.15, 0.6)}
 
 
-def test_quality_against_fp32(factory, ckpt):
+@pytest.mark.parametrize("arch", ["rwkv5", "rwkv4"])
+def test_quality_against_fp32(factory, ckpt, arch):
+    shape = SHAPE4 if arch == "rwkv4" else SHAPE
+    if arch == "rwkv4":
+        ckpt = factory.checkpoint("rwkv4", "quant", **SHAPE4)
     base = load_model(factory.library(ckpt, quantization="q0f32"), ckpt)
-    tokens = np.random.default_rng(3).integers(0, SHAPE["vocab_size"], 256)
+    tokens = np.random.default_rng(3).integers(0, shape["vocab_size"], 256)
     ref = position_logits(base, tokens)
     results = {}
     for mode, (max_kl, min_top1) in QUALITY_BOUNDS.items():

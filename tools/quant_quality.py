@@ -1,6 +1,6 @@
 """Quality cost of each quantization mode against fp32, on one checkpoint.
 
-    python tools/quant_quality.py [--checkpoint model.pth] [--positions 256]
+    python tools/quant_quality.py [--checkpoint model.pth | --arch rwkv4] [--positions 256]
 
 Prints mean/max KL divergence and top-1 agreement over teacher-forced positions.
 """
@@ -16,7 +16,8 @@ import numpy as np
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="default: a random RWKV-5 (2 x 256, vocab 4096)")
+    p.add_argument("--checkpoint", default=None, help="default: a random checkpoint (2 x 256, vocab 4096)")
+    p.add_argument("--arch", default="rwkv5", choices=["rwkv5", "rwkv4"], help="of the random checkpoint")
     p.add_argument("--positions", type=int, default=256)
     p.add_argument("--modes", default="q0f16,q8f16_1,q4f32_1,q4f16_1")
     args = p.parse_args(argv)
@@ -26,7 +27,7 @@ def main(argv=None) -> int:
     from rwkv_relax.testing import checkpoints
     work = Path(tempfile.mkdtemp(prefix="rwkv_quality_"))
     ckpt = args.checkpoint or checkpoints.write_checkpoint(
-        checkpoints.rwkv5_tensors(n_layer=2, n_embd=256, vocab_size=4096), work / "model.pth")
+        getattr(checkpoints, f"{args.arch}_tensors")(n_layer=2, n_embd=256, vocab_size=4096), work / "model.pth")
     base = load_model(build(str(ckpt), output=work / "q0f32.so", quantization="q0f32"), ckpt)
     tokens = np.random.default_rng(0).integers(0, base.vocab_size, args.positions)
     ref = position_logits(base, tokens)
