@@ -14,7 +14,7 @@ from tvm.s_tir import dlight as dl
 
 from rwkv_relax.quantization import group_quant as gq
 from tir_kernels import kernel, retarget
-from tir_kernels.quant_matmul import (AVX2_MIN_ROWS_PER_INPUT, q_gemv, q_gemv_i16_numpy,
+from tir_kernels.quant_matmul import (q_gemv, q_gemv_i16_numpy,
                                       q_matmul_numpy, quantize_activations_i16)
 
 # fp32 out: only the summation order differs from the float64 twin (measured ~2e-7 of max |y|)
@@ -91,10 +91,13 @@ def test_gemv_is_vectorised_on_llvm():
     assert "<8 x float>" in ll and "fmuladd.v8f32" in ll or "fma.v8f32" in ll
 
 
-AVX2_CASES = [  # n, k, bits, out: n >= 8 k picks the int16 form
-    (8 * 64 + 3, 64, 4, "float32"),  # tail rows
+AVX2_CASES = [  # n, k, bits, out
+    (3, 64, 4, "float32"),  # tail rows only, no 4-row tile
+    (8 * 64 + 3, 64, 4, "float32"),  # tiles + tail rows
+    (258, 768, 4, "float16"),  # 64 tasks of uneven length + 2 tail rows
     (8 * 128, 128, 4, "float16"),
     (8 * 96 + 1, 96, 8, "float32"),  # K % 64 == 32 is fine at 8 bits (K/4 words)
+    (13, 672, 8, "float16"),
 ]
 
 
@@ -127,15 +130,13 @@ def test_int16_activation_quantization_bound():
     assert np.all(err <= bound * 1.0001) and np.abs(codes).max() == 32767
 
 
-def test_avx2_form_falls_back_where_it_does_not_pay():
-    """fp32 activations (exactness), narrow outputs (serial int16 preparation not amortized):
-    the "avx2" form is the "cpu" form."""
-    k = 128
-    wide = AVX2_MIN_ROWS_PER_INPUT * k
-    for args in [(wide, k, 4, 32, "float32", "float32"), (wide - 1, k, 4, 32, "float16", "float32")]:
+def test_avx2_form_falls_back_where_it_does_not_apply():
+    """fp32 activations (kept exact) and K whose words do not fill 8-word vectors (K % 64 == 32
+    at 4 bits): the "avx2" form is the "cpu" form; fp16 activations at any N: the int16 GEMV."""
+    for args in [(256, 128, 4, 32, "float32", "float32"), (256, 96, 4, 32, "float16", "float32")]:
         assert q_gemv(*args, target="avx2").script() == q_gemv(*args, target="cpu").script()
-    assert q_gemv(wide, k, 4, 32, "float16", "float32", target="avx2").script() != \
-        q_gemv(wide, k, 4, 32, "float16", "float32", target="cpu").script()
+    for n in (3, 768):
+        assert "pmadd.wd" in q_gemv(n, 128, 4, 32, "float16", "float32", target="avx2").script()
 
 
 def test_cpu_pipeline_retargets_only_with_avx2():

@@ -11,9 +11,9 @@ Two implementations:
          GPUs, rwkv_relax's CPU matmul rule on llvm (prefill, batches).
   :func:`q_gemv`  one row (decode), a tagged kernel with three forms (the ``target`` argument):
          "cpu" a hand-written llvm GEMV, exact fp32 products (any llvm target);
-         "avx2" for fp16 activations on x86 with AVX2 and wide outputs (the head), the same
-         GEMV on int16 dot products (see :func:`_q_gemv_avx2_i16`; other dtypes and shapes get
-         the "cpu" form);
+         "avx2" for fp16 activations on x86 with AVX2, the same GEMV on int16 dot products (see
+         :func:`_q_gemv_avx2_i16`; fp32 activations and K not a multiple of 64 codes per 8 words
+         get the "cpu" form);
          "gpu" the TE function for dlight's GEMV rule.
 
 Why a hand-written decode GEMV: dequantizing element by element (shift by ``(k % 8) * 4``, mask,
@@ -32,7 +32,7 @@ a 4-bit GEMV compute-bound at ~1/4 of memory bandwidth. The kernel below instead
   sum_j c_j x_j - qmax * sum_j x_j``, with ``xc[kb, lane] = -qmax * sum_j x_j`` precomputed;
 * applies the scale once per word (per lane) instead of once per weight;
 * computes 4 weight rows per tile (independent FMA chains, xp loads shared) on all cores, and
-  prefetches the rows two tiles ahead.
+  prefetches the rows four tiles ahead into L2.
 Accumulation is fp32 throughout, like the "te" form; only the summation order differs.
 """
 from __future__ import annotations
@@ -44,13 +44,12 @@ from tvm.script import tirx as T
 Q_GEMV_TARGETS = ("cpu", "avx2", "gpu")
 ROWS = 4  # weight rows per register tile: 4 chains x (AND, CVT, FMA) keep an AVX2 core busy
 TASKS = 64  # parallel tasks per call (each a run of row tiles; buffers live per task)
-# software prefetch of the rows this many tiles ahead: the hardware prefetcher alone leaves a
-# cold 4-bit GEMV ~20% slower (measured 5.7-6.0 -> 4.8 ms for the weights of RWKV-5 0.1B)
-PREFETCH_TILES = 2
-# the "avx2" form prepares int16 activations serially (~5 us at K = 768, against ~2 us for the
-# "cpu" form's copy of x); it pays off on wide outputs only: 23% faster on a 65536 x 768 head,
-# even at 2688 x 768, slower on 768 x 2688. Below this many rows per input channel: "cpu" form.
-AVX2_MIN_ROWS_PER_INPUT = 8
+# Software prefetch of the rows this many tiles ahead, into L2 (llvm locality 1, prefetcht2).
+# The hardware prefetcher alone leaves a cold 4-bit GEMV ~20% slower. Into L1 (prefetcht0) the
+# "avx2" form, which is memory-bound once weights stream from DRAM, ran a whole q4f16_1 decode
+# step of RWKV-5 0.1B 19% slower (5.6 vs 4.5 ms, same run); 4 tiles ahead beat 2 by 5%.
+PREFETCH_TILES = 4
+PREFETCH_LOCALITY = 1
 
 
 def qmax(bits: int) -> int:
@@ -66,8 +65,10 @@ def q_gemv(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype: str
            target: str = "cpu") -> tirx.PrimFunc:
     """PrimFunc ``(x (1, k) act_dtype, q, scale, y (1, n) out_dtype)``."""
     _check(n, k, bits, group)
-    if (target == "avx2" and act_dtype == "float16" and (k // (32 // bits)) % 8 == 0
-            and n >= AVX2_MIN_ROWS_PER_INPUT * k):
+    # every shape: the int16 preparation costs ~1 us at K = 768 and ~3 us at 2688, while the
+    # int16 GEMV beat the "cpu" form on every RWKV-5 0.1B matrix, 768 x 768 included
+    # (13.8 vs 17.0 us with weights from DRAM)
+    if target == "avx2" and act_dtype == "float16" and (k // (32 // bits)) % 8 == 0:
         return _q_gemv_avx2_i16(n, k, bits, group, act_dtype, out_dtype)
     if target in ("cpu", "avx2"):
         return _q_gemv_cpu(n, k, bits, group, act_dtype, out_dtype)
@@ -180,8 +181,8 @@ def _q_gemv_cpu(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype
             if kb % (16 // L) == 0:  # once per 64-byte line of each row
                 for r in T.unroll(nrows):
                     T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
-                        q[T.min(row0 + r + PREFETCH_TILES * R, n - 1), kb * L]), T.int32(0), T.int32(3),
-                        T.int32(1)))
+                        q[T.min(row0 + r + PREFETCH_TILES * R, n - 1), kb * L]), T.int32(0),
+                        T.int32(PREFETCH_LOCALITY), T.int32(1)))
             for r in T.unroll(nrows):
                 for lane in T.vectorized(L):
                     part[r, lane] = xc[kb, lane]
@@ -282,8 +283,8 @@ def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_
             if kb % (16 // L) == 0:  # once per 64-byte line of each row
                 for r in T.unroll(nrows):
                     T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
-                        q[T.min(row0 + r + PREFETCH_TILES * R, n - 1), kb * L]), T.int32(0), T.int32(3),
-                        T.int32(1)))
+                        q[T.min(row0 + r + PREFETCH_TILES * R, n - 1), kb * L]), T.int32(0),
+                        T.int32(PREFETCH_LOCALITY), T.int32(1)))
             for r in T.unroll(nrows):
                 part[r, T.Ramp(0, 1, L)] = xc[kb, T.Ramp(0, 1, L)]
             for p in T.unroll(P):
