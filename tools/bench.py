@@ -143,27 +143,34 @@ def main(argv=None) -> int:
         lib = build(str(ckpt), target="llvm", output=work / f"model-{mode}.so", quantization=mode)
         build_s[mode] = time.perf_counter() - t0
         models[mode] = load_model(lib, ckpt)
-    # Rounds interleave the modes (and the bandwidth probe): on a shared machine throughput
+    # Rounds interleave the modes (and the bandwidth probes): on a shared machine throughput
     # drifts by tens of percent over minutes, and timing the modes one after another would
-    # hand that drift to whichever mode ran in a slow minute. Best per mode over the rounds.
+    # hand that drift to whichever mode ran in a slow minute. tok/s: best per mode over the
+    # rounds. Share of the ceiling: each round's decode against that round's probe (a neighbour
+    # taking memory bandwidth moves the ceiling more than a compute-bound decode), median over
+    # rounds.
     best = {mode: [0.0, 0.0] for mode in models}
+    shares = {mode: [] for mode in models}
     bandwidth = copy_bw = 0.0
+    bytes_per_step = {}
     states = {}
     for mode, model in models.items():
+        params = {p["name"]: (p["shape"], p["dtype"]) for p in model.metadata["params"]}
+        bytes_per_step[mode] = decode_weight_bytes(params)
         states[mode] = model.new_state()
         model.advance(states[mode], prompt[:8])
     for _ in range(args.rounds):
-        bandwidth = max(bandwidth, read_bandwidth(repeats=2))
-        copy_bw = max(copy_bw, copy_bandwidth(repeats=2))
+        read_bw, round_copy = read_bandwidth(repeats=2), copy_bandwidth(repeats=2)
+        bandwidth, copy_bw = max(bandwidth, read_bw), max(copy_bw, round_copy)
         for mode, model in models.items():
             st = states[mode]
             decode = 1 / timed(lambda: model.advance(st, [int(rng.integers(args.vocab))]), args.decode_steps)
             prefill = args.prefill / timed(lambda: model.advance(model.new_state(), prompt), 1)
             best[mode] = [max(best[mode][0], decode), max(best[mode][1], prefill)]
+            shares[mode].append((decode * bytes_per_step[mode] / read_bw, decode * bytes_per_step[mode] / round_copy))
     rows = []
-    for mode, model in models.items():
-        params = {p["name"]: (p["shape"], p["dtype"]) for p in model.metadata["params"]}
-        rows.append((f"ours (llvm {mode})", *best[mode], decode_weight_bytes(params)))
+    for mode in models:
+        rows.append((f"ours (llvm {mode})", *best[mode], bytes_per_step[mode], np.median(shares[mode], axis=0)))
     models = states = None
 
     if not args.skip_reference:
@@ -174,26 +181,28 @@ def main(argv=None) -> int:
             nonlocal rstate
             _, rstate = ref.forward([int(rng.integers(args.vocab))], rstate)
         fp32_bytes = decode_weight_bytes(export(resolve_model(str(ckpt)), "q0f32")[1])
-        rows.append(("rwkv package (cpu fp32)", 1 / timed(ref_step, args.decode_steps),
-                     args.prefill / timed(lambda: ref.forward(prompt, None), 1), fp32_bytes))
+        read_bw, round_copy = read_bandwidth(repeats=2), copy_bandwidth(repeats=2)
+        decode = 1 / timed(ref_step, args.decode_steps)
+        rows.append(("rwkv package (cpu fp32)", decode, args.prefill / timed(lambda: ref.forward(prompt, None), 1),
+                     fp32_bytes, np.array([decode * fp32_bytes / read_bw, decode * fp32_bytes / round_copy])))
 
     print(f"model: {args.arch} {args.layers} x {args.embd}, vocab {args.vocab}; build "
           + ", ".join(f"{m} {t:.1f} s" for m, t in build_s.items()))
-    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (copy {copy_bw / 1e9:.1f} GB/s, read + write counted); "
-          "ceiling = read bandwidth / weight bytes read per decode step")
+    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (copy {copy_bw / 1e9:.1f} GB/s, read + write counted), "
+          "best round; ceiling = read bandwidth / weight bytes read per decode step; % ceil: median over "
+          "rounds of decode against the same round's probe")
     print(f"{'':28s} {'MiB/token':>10s} {'ceiling':>8s} {'decode tok/s':>13s} {'% ceil':>7s} "
           f"{'% copy ceil':>12s} {'prefill tok/s':>14s}")
-    for name, dec, pre, nbytes in rows:
-        ceiling = bandwidth / nbytes
-        print(f"{name:28s} {nbytes / 2**20:10.1f} {ceiling:8.1f} {dec:13.2f} {100 * dec / ceiling:6.0f}% "
-              f"{100 * dec * nbytes / copy_bw:11.0f}% {pre:14.1f}")
+    for name, dec, pre, nbytes, share in rows:
+        print(f"{name:28s} {nbytes / 2**20:10.1f} {bandwidth / nbytes:8.1f} {dec:13.2f} {100 * share[0]:6.0f}% "
+              f"{100 * share[1]:11.0f}% {pre:14.1f}")
     by_name = {r[0]: r for r in rows}
     base = by_name.get("ours (llvm q0f32)")
     ref = by_name.get("rwkv package (cpu fp32)")
     if base and ref:
         print(f"ours q0f32 / rwkv package: decode {base[1] / ref[1]:.2f}x, prefill {base[2] / ref[2]:.2f}x")
     if base:
-        for name, dec, pre, _ in rows:
+        for name, dec, pre, *_ in rows:
             if name.startswith("ours") and name != base[0]:
                 print(f"{name} / ours q0f32: decode {dec / base[1]:.2f}x, prefill {pre / base[2]:.2f}x")
     if args.tokenizer:
