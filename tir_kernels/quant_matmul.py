@@ -157,6 +157,45 @@ def q_matmul_te(x: te.Tensor, q: te.Tensor, scale: te.Tensor, bits: int, group: 
 # "cpu": the decode GEMV (see the module doc)
 
 
+def _over_row_tiles(rows_tile, n: int, lanes: int, part_dtype: str, out_dtype: str):
+    """Macro ``run(ops, y)``: ``rows_tile(ops, acc, part, row0, nrows)`` (which leaves row
+    ``row0 + r``'s lane sums in ``acc[r]``) over every ``ROWS``-row tile of the ``n`` outputs, in
+    ``TASKS`` parallel runs of tiles, then over the tail rows; each row's lanes summed into ``y``.
+    ``ops`` is the kernel's tuple of buffers, passed through untouched."""
+    R = ROWS
+    tiles, tail = n // R, n % R
+    tasks = max(1, min(TASKS, tiles))
+    per_task = (tiles + tasks - 1) // tasks
+
+    @T.macro
+    def tile(ops, y, acc, part, tot, row0, nrows):
+        rows_tile(ops, acc, part, row0, nrows)
+        for r in T.unroll(nrows):
+            tot[r] = T.float32(0)
+            for lane in range(lanes):
+                tot[r] = tot[r] + acc[r, lane]
+            y[0, row0 + r] = T.Cast(out_dtype, tot[r])
+
+    @T.macro
+    def run(ops, y):
+        # "global" scope inside the parallel body is a stack array that LLVM keeps in registers;
+        # "local" would call TVMBackendAllocWorkspace once per task.
+        for task in T.parallel(tasks):
+            acc = T.alloc_buffer((R, lanes), "float32", scope="global")
+            part = T.alloc_buffer((R, lanes), part_dtype, scope="global")
+            tot = T.alloc_buffer((R,), "float32", scope="global")
+            for i in range(per_task):
+                if task * per_task + i < tiles:
+                    tile(ops, y, acc, part, tot, (task * per_task + i) * R, R)
+        if tail > 0:
+            acc = T.alloc_buffer((R, lanes), "float32", scope="global")
+            part = T.alloc_buffer((R, lanes), part_dtype, scope="global")
+            tot = T.alloc_buffer((R,), "float32", scope="global")
+            tile(ops, y, acc, part, tot, tiles * R, tail)
+
+    return run
+
+
 def _q_gemv_cpu(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype: str):
     per_word = 32 // bits
     words = k // per_word
@@ -167,13 +206,11 @@ def _q_gemv_cpu(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype
     qm = float(qmax(bits))
     mask = 2 ** bits - 1
     R = ROWS
-    tiles, tail = n // R, n % R
-    tasks = max(1, min(TASKS, tiles))
-    per_task = (tiles + tasks - 1) // tasks
 
     @T.macro
-    def rows_tile(x, q, scale, y, xp, xc, acc, part, tot, row0, nrows):
-        # y[0, row0 : row0 + nrows] for nrows <= R; xp/xc prepared by the caller
+    def rows_tile(ops, acc, part, row0, nrows):
+        # acc[:nrows] for rows row0 : row0 + nrows (nrows <= R); xp/xc prepared by the caller
+        q, scale, xp, xc = ops
         for r in T.unroll(nrows):
             for lane in T.vectorized(L):
                 acc[r, lane] = T.float32(0)
@@ -199,11 +236,8 @@ def _q_gemv_cpu(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype
                 for lane in T.vectorized(L):
                     acc[r, lane] = acc[r, lane] + part[r, lane] * T.Cast(
                         "float32", scale[row0 + r, (kb * L + lane) // wpg])
-        for r in T.unroll(nrows):
-            tot[r] = T.float32(0)
-            for lane in range(L):
-                tot[r] = tot[r] + acc[r, lane]
-            y[0, row0 + r] = T.Cast(out_dtype, tot[r])
+
+    over_row_tiles = _over_row_tiles(rows_tile, n, L, "float32", out_dtype)
 
     @T.prim_func(private=True)
     def q_gemv(x: T.Buffer((T.int64(1), T.int64(k)), act_dtype),
@@ -225,20 +259,7 @@ def _q_gemv_cpu(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype
                                                               T.uint32(23))))
                     xc[kb, lane] = xc[kb, lane] - T.float32(qm) * T.Cast(
                         "float32", x[0, (kb * L + lane) * per_word + j])
-        # "global" scope inside the parallel body is a stack array that LLVM keeps in registers;
-        # "local" would call TVMBackendAllocWorkspace once per task.
-        for task in T.parallel(tasks):
-            acc = T.alloc_buffer((R, L), "float32", scope="global")
-            part = T.alloc_buffer((R, L), "float32", scope="global")
-            tot = T.alloc_buffer((R,), "float32", scope="global")
-            for i in range(per_task):
-                if task * per_task + i < tiles:
-                    rows_tile(x, q, scale, y, xp, xc, acc, part, tot, (task * per_task + i) * R, R)
-        if tail > 0:
-            acc = T.alloc_buffer((R, L), "float32", scope="global")
-            part = T.alloc_buffer((R, L), "float32", scope="global")
-            tot = T.alloc_buffer((R,), "float32", scope="global")
-            rows_tile(x, q, scale, y, xp, xc, acc, part, tot, tiles * R, tail)
+        over_row_tiles((q, scale, xp, xc), y)
 
     return q_gemv
 
@@ -271,12 +292,10 @@ def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_
     mask2 = (2 ** bits - 1) | ((2 ** bits - 1) << 16)
     G = k // group
     R = ROWS
-    tiles, tail = n // R, n % R
-    tasks = max(1, min(TASKS, tiles))
-    per_task = (tiles + tasks - 1) // tasks
 
     @T.macro
-    def rows_tile(q, scale, y, xq, xc, xs, acc, part, tot, row0, nrows):
+    def rows_tile(ops, acc, part, row0, nrows):
+        q, scale, xq, xc, xs = ops
         for r in T.unroll(nrows):
             acc[r, T.Ramp(0, 1, L)] = T.Broadcast(T.float32(0), L)
         for kb in range(KB):
@@ -300,11 +319,8 @@ def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_
                 for lane in T.vectorized(L):
                     acc[r, lane] = acc[r, lane] + T.Cast("float32", part[r, lane]) * (
                         T.Cast("float32", scale[row0 + r, (kb * L + lane) // wpg]) * xs[kb, lane])
-        for r in T.unroll(nrows):
-            tot[r] = T.float32(0)
-            for lane in range(L):
-                tot[r] = tot[r] + acc[r, lane]
-            y[0, row0 + r] = T.Cast(out_dtype, tot[r])
+
+    over_row_tiles = _over_row_tiles(rows_tile, n, L, "int32", out_dtype)
 
     @T.prim_func(private=True)
     def q_gemv(x: T.Buffer((T.int64(1), T.int64(k)), act_dtype),
@@ -339,17 +355,6 @@ def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_
                     for h in T.unroll(2):
                         xq[kb, p, 2 * lane + h] = xl[(kb * L + lane) * per_word + p + h * P]
                         xc[kb, lane] = xc[kb, lane] - qm * T.Cast("int32", xl[(kb * L + lane) * per_word + p + h * P])
-        for task in T.parallel(tasks):
-            acc = T.alloc_buffer((R, L), "float32", scope="global")
-            part = T.alloc_buffer((R, L), "int32", scope="global")
-            tot = T.alloc_buffer((R,), "float32", scope="global")
-            for i in range(per_task):
-                if task * per_task + i < tiles:
-                    rows_tile(q, scale, y, xq, xc, xs, acc, part, tot, (task * per_task + i) * R, R)
-        if tail > 0:
-            acc = T.alloc_buffer((R, L), "float32", scope="global")
-            part = T.alloc_buffer((R, L), "int32", scope="global")
-            tot = T.alloc_buffer((R,), "float32", scope="global")
-            rows_tile(q, scale, y, xq, xc, xs, acc, part, tot, tiles * R, tail)
+        over_row_tiles((q, scale, xq, xc, xs), y)
 
     return q_gemv
