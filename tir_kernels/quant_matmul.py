@@ -157,6 +157,22 @@ def q_matmul_te(x: te.Tensor, q: te.Tensor, scale: te.Tensor, bits: int, group: 
 # "cpu": the decode GEMV (see the module doc)
 
 
+def _prefetch_ahead(n: int, lanes: int):
+    """Macro ``(q, row0, nrows, kb)``: at word block ``kb`` (``lanes`` words) of a tile's rows,
+    prefetch the same 64-byte line of the rows ``PREFETCH_TILES`` tiles ahead, once per line."""
+    ahead = PREFETCH_TILES * ROWS
+
+    @T.macro
+    def prefetch(q, row0, nrows, kb):
+        if kb % (16 // lanes) == 0:
+            for r in T.unroll(nrows):
+                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
+                    q[T.min(row0 + r + ahead, n - 1), kb * lanes]), T.int32(0),
+                    T.int32(PREFETCH_LOCALITY), T.int32(1)))
+
+    return prefetch
+
+
 def _over_row_tiles(rows_tile, n: int, lanes: int, part_dtype: str, out_dtype: str):
     """Macro ``run(ops, y)``: ``rows_tile(ops, acc, part, row0, nrows)`` (which leaves row
     ``row0 + r``'s lane sums in ``acc[r]``) over every ``ROWS``-row tile of the ``n`` outputs, in
@@ -205,7 +221,7 @@ def _q_gemv_cpu(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype
     last = per_word - 1
     qm = float(qmax(bits))
     mask = 2 ** bits - 1
-    R = ROWS
+    prefetch_ahead = _prefetch_ahead(n, L)
 
     @T.macro
     def rows_tile(ops, acc, part, row0, nrows):
@@ -215,11 +231,7 @@ def _q_gemv_cpu(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype
             for lane in T.vectorized(L):
                 acc[r, lane] = T.float32(0)
         for kb in range(KB):
-            if kb % (16 // L) == 0:  # once per 64-byte line of each row
-                for r in T.unroll(nrows):
-                    T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
-                        q[T.min(row0 + r + PREFETCH_TILES * R, n - 1), kb * L]), T.int32(0),
-                        T.int32(PREFETCH_LOCALITY), T.int32(1)))
+            prefetch_ahead(q, row0, nrows, kb)
             for r in T.unroll(nrows):
                 for lane in T.vectorized(L):
                     part[r, lane] = xc[kb, lane]
@@ -291,7 +303,7 @@ def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_
     qm = qmax(bits)
     mask2 = (2 ** bits - 1) | ((2 ** bits - 1) << 16)
     G = k // group
-    R = ROWS
+    prefetch_ahead = _prefetch_ahead(n, L)
 
     @T.macro
     def rows_tile(ops, acc, part, row0, nrows):
@@ -299,11 +311,7 @@ def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_
         for r in T.unroll(nrows):
             acc[r, T.Ramp(0, 1, L)] = T.Broadcast(T.float32(0), L)
         for kb in range(KB):
-            if kb % (16 // L) == 0:  # once per 64-byte line of each row
-                for r in T.unroll(nrows):
-                    T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
-                        q[T.min(row0 + r + PREFETCH_TILES * R, n - 1), kb * L]), T.int32(0),
-                        T.int32(PREFETCH_LOCALITY), T.int32(1)))
+            prefetch_ahead(q, row0, nrows, kb)
             for r in T.unroll(nrows):
                 part[r, T.Ramp(0, 1, L)] = xc[kb, T.Ramp(0, 1, L)]
             for p in T.unroll(P):
