@@ -5,13 +5,12 @@
 
 Prints tok/s for both, their ratio, and the bandwidth ceiling: the weight bytes one decode step
 must read, divided by the measured streaming-read bandwidth (what decode does to its weights: a
-TVM kernel on the model's own thread pool reads a 256 MiB buffer). STREAM copy bandwidth is
-printed too, with the share of the ceiling it would give: a copy counts its writes, and on the
-2-vCPU VMs we measured on it reads ~1.4-2x what two cores can stream in one direction, so it
-overstates what a read-only decode can reach. ``--modes`` times several quantization modes; they
-are timed in interleaved rounds (with the bandwidth probe) and each keeps its best, so a slow
-minute on a shared machine does not land on one mode. Benchmarks, not tests: numbers vary run
-to run.
+TVM kernel on the model's own thread pool reads a 256 MiB buffer). STREAM copy bandwidth (read +
+write counted) is printed too, with the share of the ceiling it would give. ``--modes`` times
+several quantization modes; they are timed in interleaved rounds (with the bandwidth probes) and
+each keeps its best tok/s, so a slow minute on a shared machine does not land on one mode; the
+share of the ceiling pairs each round's decode with that round's probes. Benchmarks, not tests:
+numbers vary run to run.
 """
 from __future__ import annotations
 
@@ -70,13 +69,18 @@ def _read_kernel(prefetch_words: int):
     return tvm.compile(tvm.IRModule({"main": read_all}), {"kind": "llvm", "mcpu": cpu})["main"]
 
 
+@functools.cache
+def _read_buffers():
+    import tvm
+    return (tvm.runtime.tensor(np.ones(_READ_WORDS, np.uint32)),
+            tvm.runtime.tensor(np.zeros((64, 16), np.uint32)))
+
+
 def read_bandwidth(repeats: int = 3) -> float:
     """Streaming-read bytes/s on TVM's thread pool (the one the model's kernels run on), best of
     hardware-only and software (4 KiB ahead) prefetch: the ceiling for a decode step, which only
     reads its weights."""
-    import tvm
-    a = tvm.runtime.tensor(np.ones(_READ_WORDS, np.uint32))
-    o = tvm.runtime.tensor(np.zeros((64, 16), np.uint32))
+    a, o = _read_buffers()
     best = 0.0
     for prefetch in (0, 1024):
         fn = _read_kernel(prefetch)
@@ -85,6 +89,16 @@ def read_bandwidth(repeats: int = 3) -> float:
             fn(a, o)
             best = max(best, 4 * _READ_WORDS / (time.perf_counter() - t0))
     return best
+
+
+def probe_bandwidths() -> tuple[float, float]:
+    """(read, copy) bytes/s, measured now."""
+    return read_bandwidth(repeats=2), copy_bandwidth(repeats=2)
+
+
+def ceiling_shares(tok_s: float, nbytes: int, bandwidths: tuple[float, float]) -> np.ndarray:
+    """Share of the (read, copy) bandwidth ceilings that ``tok_s`` decode steps of ``nbytes`` reach."""
+    return tok_s * nbytes / np.asarray(bandwidths)
 
 
 def timed(fn, repeats: int) -> float:
@@ -160,14 +174,14 @@ def main(argv=None) -> int:
         states[mode] = model.new_state()
         model.advance(states[mode], prompt[:8])
     for _ in range(args.rounds):
-        read_bw, round_copy = read_bandwidth(repeats=2), copy_bandwidth(repeats=2)
-        bandwidth, copy_bw = max(bandwidth, read_bw), max(copy_bw, round_copy)
+        probes = probe_bandwidths()
+        bandwidth, copy_bw = max(bandwidth, probes[0]), max(copy_bw, probes[1])
         for mode, model in models.items():
             st = states[mode]
             decode = 1 / timed(lambda: model.advance(st, [int(rng.integers(args.vocab))]), args.decode_steps)
             prefill = args.prefill / timed(lambda: model.advance(model.new_state(), prompt), 1)
             best[mode] = [max(best[mode][0], decode), max(best[mode][1], prefill)]
-            shares[mode].append((decode * bytes_per_step[mode] / read_bw, decode * bytes_per_step[mode] / round_copy))
+            shares[mode].append(ceiling_shares(decode, bytes_per_step[mode], probes))
     rows = []
     for mode in models:
         rows.append((f"ours (llvm {mode})", *best[mode], bytes_per_step[mode], np.median(shares[mode], axis=0)))
@@ -181,10 +195,10 @@ def main(argv=None) -> int:
             nonlocal rstate
             _, rstate = ref.forward([int(rng.integers(args.vocab))], rstate)
         fp32_bytes = decode_weight_bytes(export(resolve_model(str(ckpt)), "q0f32")[1])
-        read_bw, round_copy = read_bandwidth(repeats=2), copy_bandwidth(repeats=2)
+        probes = probe_bandwidths()
         decode = 1 / timed(ref_step, args.decode_steps)
         rows.append(("rwkv package (cpu fp32)", decode, args.prefill / timed(lambda: ref.forward(prompt, None), 1),
-                     fp32_bytes, np.array([decode * fp32_bytes / read_bw, decode * fp32_bytes / round_copy])))
+                     fp32_bytes, ceiling_shares(decode, fp32_bytes, probes)))
 
     print(f"model: {args.arch} {args.layers} x {args.embd}, vocab {args.vocab}; build "
           + ", ".join(f"{m} {t:.1f} s" for m, t in build_s.items()))
