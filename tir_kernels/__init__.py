@@ -8,7 +8,7 @@ import json
 
 from tvm import tirx
 
-from . import quant_matmul, wkv4, wkv5
+from . import quant_matmul, rnn_state, wkv4, wkv5
 
 # name -> factory(*sizes, target=...). Models build the "cpu" form through :func:`kernel`; GPU
 # pipelines swap in the "gpu" form through :func:`retarget`, so models never see targets.
@@ -18,6 +18,7 @@ FACTORIES = {
     "wkv4": wkv4.wkv4,
     "wkv4_ragged": wkv4.wkv4_ragged,
     "q_gemv": quant_matmul.q_gemv,
+    "state_copy": rnn_state.state_copy,
 }
 # kernels with a CPU form named after an instruction-set feature; the llvm pipeline swaps it in
 # when the target has the feature (the default "cpu" forms are portable)
@@ -27,7 +28,7 @@ FEATURE_FORMS = {"avx2": ("q_gemv",)}
 TAG_ATTRS = ("rwkv_kernel", "rwkv_kernel_args", "global_symbol")
 
 
-def kernel(name: str, *args: int | str) -> tirx.PrimFunc:
+def kernel(name: str, *args: int | str | list[int]) -> tirx.PrimFunc:
     """The default (CPU) form of kernel ``name``, tagged so that a pipeline can re-target it.
     ``args`` are the factory's static arguments (sizes, dtypes)."""
     func = FACTORIES[name](*args, target="cpu")

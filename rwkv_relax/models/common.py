@@ -14,7 +14,7 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Object, Tensor, op
 
-from tir_kernels.rnn_state import state_copy
+from tir_kernels import kernel
 
 from ..config import ConfigBase
 from ..errors import ConfigError
@@ -175,8 +175,8 @@ class RNNState(Object):
                init_values: Sequence[Tensor]) -> "RNNState":
         bb = rx.BlockBuilder.current()
         infos = [([int(s) for s in v.shape], v.dtype) for v in init_values]
-        f_gets = [bb.add_func(state_copy(s, d, "get"), f"rnn_state_get_{i}") for i, (s, d) in enumerate(infos)]
-        f_sets = [bb.add_func(state_copy(s, d, "set"), f"rnn_state_set_{i}") for i, (s, d) in enumerate(infos)]
+        f_gets = [bb.add_func(kernel("state_copy", s, d, "get"), f"rnn_state_get_{i}") for i, (s, d) in enumerate(infos)]
+        f_sets = [bb.add_func(kernel("state_copy", s, d, "set"), f"rnn_state_set_{i}") for i, (s, d) in enumerate(infos)]
         return RNNState(
             _expr=rx.call_pure_packed(
                 "vm.builtin.rnn_state_create", rx.prim_value(n_layer), max_batch_size, max_history,
