@@ -106,15 +106,15 @@ def _state_copy_cpu(shape: list[int], dtype: str, direction: str) -> tirx.PrimFu
         flat_storage = T.decl_buffer((max_seqs * max_history * size,), dtype, data=storage.data)
         flat_data = T.decl_buffer((batch * size,), dtype, data=data.data)
         for task in (T.parallel(batch * rows) if rows > 1 else T.serial(batch)):
+            # get reads the current history entry, set writes the next one (see the module doc)
+            entry = hist[task // rows] + 1 if is_set else hist[task // rows]
+            start = ((T.Cast("int64", seq[task // rows]) * max_history
+                      + T.Cast("int64", entry % T.Cast("int32", max_history))) * size + task % rows * run)
             for e in range(run):
                 if is_set:
-                    flat_storage[(T.Cast("int64", seq[task // rows]) * max_history + T.Cast(
-                        "int64", (hist[task // rows] + 1) % T.Cast("int32", max_history))) * size
-                        + task % rows * run + e] = flat_data[task * run + e]
+                    flat_storage[start + e] = flat_data[task * run + e]
                 else:
-                    flat_data[task * run + e] = flat_storage[(T.Cast("int64", seq[task // rows])
-                                                              * max_history + T.Cast("int64", hist[task // rows]))
-                                                             * size + task % rows * run + e]
+                    flat_data[task * run + e] = flat_storage[start + e]
 
     return copy
 
