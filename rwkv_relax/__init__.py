@@ -1,14 +1,21 @@
-"""rwkv_relax: compile RWKV language models with Apache TVM Relax."""
-import os as _os
+"""rwkv_relax: compile RWKV language models with Apache TVM Relax.
 
-# TVM's CPU thread pool assumes hyper-threading and starts with half the logical CPUs (1 thread on
-# a 2-vCPU machine), and its size is fixed at the first kernel launch: decode on llvm is bound by
-# memory bandwidth, which one core cannot saturate. Use every CPU we may run on unless the user
-# chose otherwise.
-_os.environ.setdefault("TVM_NUM_THREADS", str(len(_os.sched_getaffinity(0))))
+Exports load on first use (PEP 562): ``import rwkv_relax`` is instant, and importing one part
+(the tokenizers, the sampler, the configs and name tables) never drags in TVM or torch."""
+from __future__ import annotations
 
-from .engine import Engine  # noqa: E402
-from .errors import RWKVRelaxError  # noqa: E402
-from .runtime import load_model  # noqa: E402
+import importlib
 
-__all__ = ["Engine", "RWKVRelaxError", "load_model"]
+_EXPORTS = {
+    "Engine": ".jit",  # the runtime engine, building the model library on first use
+    "RWKVRelaxError": ".errors",
+    "load_model": ".runtime.model",
+    "CompiledModel": ".runtime.model",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import one_line_errors
+from .cli import OneLineParser, one_line_errors, printable_stdout, unexpected_errors_in_one_line
 from .errors import RWKVRelaxError
-from .generate import (OneLineParser, add_engine_flags, open_engine, printable_stdout, sampling_overrides,
-                       unexpected_errors_in_one_line)
+from .generate import add_engine_flags, open_engine, sampling_overrides
 
 PROMPT = ">>> "
 COMMANDS = ("/reset", "/stats", "/save FILE", "/load FILE", "/help", "/exit")
@@ -30,7 +29,7 @@ class ChatCommandError(RWKVRelaxError):
 
 
 class Repl:
-    """The read-reply loop over a :class:`~rwkv_relax.engine.ChatSession`."""
+    """The read-reply loop over a :class:`~rwkv_relax.runtime.chat_session.ChatSession`."""
 
     def __init__(self, session, stdin=None, stdout=None, stderr=None):
         self.session = session

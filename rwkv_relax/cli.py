@@ -1,15 +1,32 @@
-"""Shared CLI plumbing: RWKVRelaxError becomes one ``error:`` line and exit status 2."""
+"""What every CLI shares (a leaf module: no TVM, so ``--help`` is instant): one parser style whose
+usage errors are one ``error:`` line, RWKVRelaxError as one line and exit status 2, config flags,
+and the one logging setup (messages on stderr through the ``rwkv_relax`` logger)."""
 from __future__ import annotations
 
+import argparse
+import contextlib
 import functools
 import json
+import logging
 import sys
+
+from .errors import ConfigError, RWKVRelaxError
+
+log = logging.getLogger("rwkv_relax")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one ``error:`` line and exit status 2, like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def one_line_errors(main):
+    """``main(argv) -> int`` with RWKVRelaxError as ``error: ...`` on stderr and exit status 2."""
     @functools.wraps(main)
     def wrapper(argv=None):
-        from .errors import RWKVRelaxError
+        setup_logging()
         try:
             return main(argv)
         except RWKVRelaxError as err:
@@ -21,9 +38,44 @@ def one_line_errors(main):
     return wrapper
 
 
+class _StderrHandler(logging.Handler):
+    """Plain lines on whatever ``sys.stderr`` is when a message comes (tests swap it)."""
+
+    def emit(self, record):
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:  # pylint: disable=broad-except
+            self.handleError(record)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Progress messages of long operations go to stderr as plain lines (once per process)."""
+    if not log.handlers:
+        log.addHandler(_StderrHandler())
+        log.setLevel(level)
+        log.propagate = False
+
+
+@contextlib.contextmanager
+def unexpected_errors_in_one_line():
+    """Errors from below (TVM, the OS) also become one ``error:`` line, naming their type."""
+    try:
+        yield
+    except RWKVRelaxError:
+        raise
+    except Exception as err:  # pylint: disable=broad-except
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise RWKVRelaxError(f"unexpected {type(err).__name__}: {first}") from None
+
+
+def printable_stdout() -> None:
+    """Model text may hold characters a non-UTF-8 terminal cannot show: print them as '?'."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
+
+
 def parse_overrides(text: str | None) -> dict:
     """``--overrides "prefill_chunk_size=256;max_batch_size=4"`` (MLC style) or a JSON object."""
-    from .errors import ConfigError
     if not text:
         return {}
     if text.lstrip().startswith("{"):
@@ -43,7 +95,7 @@ def parse_overrides(text: str | None) -> dict:
     return out
 
 
-def add_config_flags(p) -> None:
+def add_config_flags(p: argparse.ArgumentParser) -> None:
     """Flags that end up as config fields (a flag -> a dataclass field, never an env variable)."""
     p.add_argument("--overrides", default=None, help='config overrides, "key=value;key=value"')
     p.add_argument("--fp32-layers", default=None,
@@ -51,7 +103,6 @@ def add_config_flags(p) -> None:
 
 
 def config_overrides(args) -> dict:
-    from .errors import ConfigError
     out = parse_overrides(args.overrides)
     if args.fp32_layers:
         try:
@@ -59,19 +110,3 @@ def config_overrides(args) -> dict:
         except ValueError:
             raise ConfigError(f"--fp32-layers takes comma-separated layer numbers, not '{args.fp32_layers}'") from None
     return out
-
-
-def run_child_build(kwargs: dict) -> int:
-    """Entry of the child process that pipeline.build spawns for driverless CUDA builds."""
-    from .errors import RWKVRelaxError
-    from .pipeline import build
-    from .targets import cuda_runtime_loaded
-    if not cuda_runtime_loaded():
-        print("error: TVM's CUDA runtime did not load even with the build-only libcuda stub", file=sys.stderr)
-        return 2
-    try:
-        build(**kwargs)
-    except RWKVRelaxError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0

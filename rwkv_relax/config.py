@@ -1,18 +1,19 @@
-"""Config plumbing shared by every architecture: presets, JSON files, unknown keys kept aside.
+"""Config plumbing shared by every architecture: presets, JSON files, unknown keys kept aside,
+and :class:`RWKVConfig`, the fields every RWKV version has.
 
-Each architecture defines one dataclass deriving from :class:`ConfigBase` (in ``models/``);
-this module only knows how to fill one from a dict and where presets live.
+Each version defines one dataclass deriving from :class:`RWKVConfig` (``versions/<v>/config.py``).
+No TVM here: configs are read by the loaders and the runtime too.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 CHAT_CONFIG = "mlc-chat-config.json"  # MLC-LLM model directory config (written by gen_config)
 
 C = TypeVar("C", bound="ConfigBase")
@@ -68,27 +69,77 @@ class ConfigBase:
         return dataclasses.replace(self, **changes)
 
 
+@dataclasses.dataclass
+class RWKVConfig(ConfigBase):
+    """Fields every RWKV version has. Version configs add theirs and call ``super().__post_init__``."""
+
+    n_layer: int = 0
+    n_embd: int = 0
+    vocab_size: int = 0
+    dim_att: int = 0  # 0: n_embd
+    dim_ffn: int = 0  # 0: the version's default
+    layer_norm_eps: float = 1e-5
+    rescale_every: int = 0  # halve the residual every N layers (fp16 overflow guard); 0: never
+    dtype: str = "float32"
+    prefill_chunk_size: int = 512
+    max_batch_size: int = 8
+    fp32_layers: list = dataclasses.field(default_factory=list)  # layers kept fp32 in an fp16 model
+
+    def default_dim_ffn(self) -> int:
+        raise NotImplementedError
+
+    def __post_init__(self):
+        name = type(self).__name__
+        if min(self.n_layer, self.n_embd, self.vocab_size) <= 0:
+            raise ConfigError(f"{name} needs positive n_layer, n_embd, vocab_size "
+                              f"(got {self.n_layer}, {self.n_embd}, {self.vocab_size})")
+        if min(self.dim_att, self.dim_ffn, self.rescale_every) < 0:
+            raise ConfigError(f"{name}: dim_att, dim_ffn, rescale_every must be >= 0 (0: default) "
+                              f"(got {self.dim_att}, {self.dim_ffn}, {self.rescale_every})")
+        self.dim_att = self.dim_att or self.n_embd
+        self.dim_ffn = self.dim_ffn or self.default_dim_ffn()
+        bad = [i for i in self.fp32_layers if not 0 <= int(i) < self.n_layer]
+        if bad:
+            raise ConfigError(f"fp32_layers {bad} are not layers of this {self.n_layer}-layer model")
+        if self.dtype not in ("float32", "float16"):
+            raise ConfigError(f"dtype must be float32 or float16, not {self.dtype!r}")
+
+
+# ---- presets: package data (rwkv_relax/presets/*.json), found through importlib.resources ----------
+def _preset_files() -> dict[str, Any]:
+    return {p.name[:-len(".json")]: p for p in resources.files("rwkv_relax").joinpath("presets").iterdir()
+            if p.name.endswith(".json")}
+
+
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+    return sorted(_preset_files())
 
 
 def read_preset(name: str) -> dict[str, Any]:
-    path = PRESET_DIR / f"{name}.json"
-    if not path.is_file():
-        raise ConfigError(f"unknown preset '{name}'; valid presets: {', '.join(list_presets())}")
-    return read_config_json(path)
+    files = _preset_files()
+    if name not in files:
+        raise ConfigError(f"unknown preset '{name}'; valid presets: {', '.join(sorted(files))}")
+    return _parse_config(files[name].read_text(), f"preset {name}")
 
 
 def read_config_json(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
         raise ConfigError(f"config file {path} is not valid JSON ({err}); fix or regenerate it") from None
+    return _parse_config(text, f"config file {path}")
+
+
+def _parse_config(text: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{what} is not valid JSON ({err}); fix or regenerate it") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object")
+        raise ConfigError(f"{what} must hold a JSON object")
     # mlc-chat-config.json nests the architecture config under model_config.
     if "model_config" in data and isinstance(data["model_config"], dict):
         inner = dict(data["model_config"])

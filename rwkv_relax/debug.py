@@ -1,5 +1,6 @@
 """Per-layer debugging: a debug build of the model that also returns every layer's sub-step
-outputs, run beside the float64 numpy model (``testing/numpy_model.py``) on the same weights.
+outputs, run beside the version's float64 numpy model (``versions/<v>/reference.py``) on the same
+weights.
 
 The production library exports only prefill/decode, so the per-layer values come from a second
 build of the SAME nn.Module: each block's ``ln1``, ``att`` and ``ffn`` modules are instrumented
@@ -8,8 +9,8 @@ function is exported,
 
     debug_prefill(input_embed (1, T, C), state) -> ((logits, ln1_0, att_0, ffn_0, ln1_1, ...), state)
 
-which is ``prefill`` itself with the recorded tensors added to its outputs. The reference is
-``NumpyRWKV`` on the library's own parameters, de-quantized, so any quantization mode and fp16
+which is ``prefill`` itself with the recorded tensors added to its outputs. The reference is the
+version's numpy model on the library's own parameters, de-quantized, so any quantization mode and fp16
 compare against exact float64 math: a difference is the compiled code's (fp16 rounding or
 overflow, a wrong kernel), never the quantization's.
 
@@ -29,14 +30,14 @@ import tvm
 from tvm.relax.frontend import nn
 
 from . import tensor_cache
+from ._fs import atomic_write, tree_fingerprint
 from .errors import RWKVRelaxError
-from .pipeline import (ModelSource, atomic_write, attach_metadata, compile_module, export, float_config,
-                       make_model, resolve_model)
+from .pipeline import ModelSource, attach_metadata, export, float_config, make_model, resolve_model
 from .quantization import get_mode
-from .registry import get_architecture
+from .reference import dequantized_params
+from .registry import get_spec
 from .runtime.model import CompiledModel
 from .targets import get_target
-from .testing.numpy_model import NumpyRWKV, dequantized_params
 
 # The sub-steps of one layer, in execution order; the keys of NumpyRWKV's trace.
 SUBSTEPS = ("ln1", "att", "ffn")
@@ -80,7 +81,7 @@ def instrument(model) -> _Recorder:
     recorder = _Recorder()
     for i, block in enumerate(model.blocks):
         recorder.wrap(block.ln1, f"{i}.ln1")
-        recorder.wrap(block.att, f"{i}.att", pick=lambda out: out[0])  # (out, carried states)
+        recorder.wrap(block.att, f"{i}.att")
         recorder.wrap(block.ffn, f"{i}.ffn")
 
     def debug_prefill(input_embed, state):
@@ -101,15 +102,16 @@ def instrument(model) -> _Recorder:
 def export_debug(source: ModelSource, quantization: str = "q0f32", keep_embedding_head: bool = False):
     """The debug IRModule (``embed``, ``create_rnn_state``, ``debug_prefill``, ``_metadata``) and
     its metadata: the production library's, plus ``debug_outputs``."""
-    _, params, metadata = export(source, quantization, keep_embedding_head)
-    model, _ = make_model(source, quantization, keep_embedding_head)
+    _, metadata = export(source, quantization, keep_embedding_head)
+    model = make_model(source, quantization, keep_embedding_head)
     instrument(model)
     spec = model.get_default_spec()
     spec = {"embed": spec["embed"], "create_rnn_state": spec["create_rnn_state"],
             DEBUG_FUNCTION: dict(spec["prefill"])}
     mod, named = model.export_tvm(spec=spec)
     # the debug build takes the packed parameters in the production library's order
-    assert [n for n, _ in named] == list(params), "debug model parameters differ from the library's"
+    assert [n for n, _ in named] == [p["name"] for p in metadata["params"]], \
+        "debug model parameters differ from the library's"
     metadata = dict(metadata, debug_outputs=output_names(model.cfg.n_layer))
     return attach_metadata(mod, metadata), metadata
 
@@ -120,7 +122,7 @@ def build_debug_library(source: ModelSource, quantization: str, output: str | Pa
     get_mode(quantization)
     preset = get_target("llvm")
     mod, _ = export_debug(source, quantization, keep_embedding_head)
-    ex = compile_module(mod, preset.target())
+    ex = preset.compile(mod, preset.target())
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     preset.export(ex, str(output), None)
@@ -156,14 +158,15 @@ def library_params(model: CompiledModel) -> dict[str, np.ndarray]:
 
 def reference_trace(model: CompiledModel, tokens: Sequence[int],
                     params: dict[str, np.ndarray] | None = None):
-    """``NumpyRWKV`` (float64) on the library's de-quantized parameters (``params``: another set
-    of library parameters, e.g. a clean checkpoint's). Returns (logits (V,), per-layer trace)."""
+    """The version's numpy model (float64) on the library's de-quantized parameters (``params``:
+    another set of library parameters, e.g. a clean checkpoint's). Returns (logits (V,), per-layer
+    trace)."""
     md = model.metadata
     if params is None:
         params = library_params(model)
     mode = get_mode(md["quantization"])
-    ref = NumpyRWKV(md["model_type"], md["model_config"],
-                    dequantized_params(params, mode.weight_bits, mode.group_size))
+    ref = get_spec(md["model_type"]).reference(
+        md["model_config"], dequantized_params(params, mode.weight_bits, mode.group_size))
     logits, _, trace = ref.forward(np.asarray(tokens, dtype=np.int64))
     return logits, trace
 
@@ -234,13 +237,13 @@ def resolve_weights(path: str | Path, overrides: dict | None = None) -> ModelSou
     directory the source carries its quantization."""
     if tensor_cache.is_tensor_cache(path):
         md = tensor_cache.read_index(path)["metadata"]
-        arch = get_architecture(md.get("model_type", ""))
+        spec = get_spec(md.get("model_type", ""))
         cfg = dict(md["model_config"], **(overrides or {}))
         cfg.setdefault("name", Path(path).name)
-        return ModelSource(arch, arch.config_cls.from_dict(cfg), quantization=md.get("quantization"),
+        return ModelSource(spec, spec.config_cls.from_dict(cfg), quantization=md.get("quantization"),
                            keep_embedding_head=bool(md.get("keep_embedding_head", False)))
     source = resolve_model(str(path), overrides)
-    if source.checkpoint is None:
+    if source.weights is None:
         raise RWKVRelaxError(f"{path} holds no weights; pass a checkpoint or a params directory "
                              "(python -m rwkv_relax.convert_weight)")
     return source
@@ -248,11 +251,8 @@ def resolve_weights(path: str | Path, overrides: dict | None = None) -> ModelSou
 
 def _code_fingerprint() -> str:
     """What a debug build depends on besides the config: TVM and the model and kernel sources."""
-    digest = hashlib.sha1(tvm.__version__.encode())
-    for package in (Path(__file__).parent, Path(__file__).parent.parent / "tir_kernels"):
-        for path in sorted(package.rglob("*.py")):
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+    root = Path(__file__).parent
+    return tvm.__version__ + tree_fingerprint(root, root.parent / "tir_kernels")
 
 
 def debug_library_for(source: ModelSource, quantization: str, cache_dir: str | Path | None = None,
@@ -261,10 +261,10 @@ def debug_library_for(source: ModelSource, quantization: str, cache_dir: str | P
     ``cache_dir`` (a fresh temporary folder when None). Weights are not part of the build."""
     cfg = float_config(source, quantization).to_dict()
     cfg.pop("name", None)
-    key = json.dumps([source.arch.name, cfg, quantization, keep_embedding_head, _code_fingerprint()],
+    key = json.dumps([source.spec.name, cfg, quantization, keep_embedding_head, _code_fingerprint()],
                      sort_keys=True)
     folder = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="rwkv_relax_debug_"))
-    out = folder / f"debug-{source.arch.name}-{quantization}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.so"
+    out = folder / f"debug-{source.spec.name}-{quantization}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.so"
     if not out.is_file():
         atomic_write(out, lambda tmp: build_debug_library(source, quantization, tmp, keep_embedding_head))
     return out

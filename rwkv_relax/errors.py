@@ -1,4 +1,6 @@
-"""The one exception type users see: a one-line message that names the cause and the fix."""
+"""The exception types users see: one-line messages that name the cause and the fix.
+
+A leaf module: every stage raises these, and the CLIs turn them into one ``error:`` line."""
 
 
 class RWKVRelaxError(Exception):
@@ -11,3 +13,7 @@ class CheckpointError(RWKVRelaxError):
 
 class ConfigError(RWKVRelaxError):
     """An unknown preset, a malformed config file, or inconsistent shapes."""
+
+
+class ToolchainError(RWKVRelaxError):
+    """A compiler, linker or runtime piece needed for a target is missing."""

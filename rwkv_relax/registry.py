@@ -1,34 +1,68 @@
-"""One entry per architecture, tying config, model and loader together."""
+"""One entry per RWKV version. Adding a version = its folder ``versions/<name>/`` + one line here.
+
+A version's folder holds everything specific to it, each part in its own module:
+
+  ``__init__.py``   ``SPEC = ModelSpec(...)``
+  ``config.py``     the config dataclass (no TVM: loaders and the runtime read it)
+  ``names.py``      layouts, detection signature, the exhaustive tensor table, config inference
+  ``model.py``      the nn.Modules (the math; kernels through ``models/ops.py``)
+  ``reference.py``  a float64 numpy model built on the kernels' numpy twins
+  ``random.py``     random checkpoints with realistic scales, in BlinkDL names
+
+Specs are imported on first use, so importing the registry (for a CLI's ``--help``) costs nothing.
+"""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
 from types import ModuleType
-from typing import Callable
 
-from .config import ConfigBase
 from .errors import ConfigError
-from .loaders import rwkv4 as rwkv4_loader
-from .loaders import rwkv5 as rwkv5_loader
-from .models.rwkv4 import RWKV4, RWKV4Config
-from .models.rwkv5 import RWKV5, RWKV5Config
 
-
-@dataclasses.dataclass(frozen=True)
-class Architecture:
-    name: str
-    config_cls: type[ConfigBase]
-    model_cls: Callable
-    loader: ModuleType  # source_shapes(cfg), param_table(cfg), infer_config(ckpt, layout)
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "rwkv4": Architecture("rwkv4", RWKV4Config, RWKV4, rwkv4_loader),
-    "rwkv5": Architecture("rwkv5", RWKV5Config, RWKV5, rwkv5_loader),
+VERSIONS = {
+    "rwkv4": "rwkv_relax.versions.rwkv4",
+    "rwkv5": "rwkv_relax.versions.rwkv5",
 }
 
 
-def get_architecture(name: str) -> Architecture:
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What the shared stages need to know of one version. ``package`` is the version's folder;
+    its TVM-dependent parts (model, reference, random checkpoints) load when first asked for."""
+
+    name: str  # the model_type written into configs and library metadata
+    title: str  # for people: "RWKV-5.2"
+    config_cls: type
+    names: ModuleType
+    package: str
+
+    def part(self, name: str) -> ModuleType:
+        """One module of the version's folder ("model", "reference", "random", ...)."""
+        return importlib.import_module(f"{self.package}.{name}")
+
+    @property
+    def model_cls(self):
+        """The nn.Module class (imports TVM)."""
+        return self.part("model").MODEL
+
+    def reference(self, cfg: dict, params: dict):
+        """The float64 numpy model on the library's own (de-quantized) parameters."""
+        return self.part("reference").REFERENCE(cfg, params)
+
+    def random_tensors(self, **shape) -> dict:
+        """A random checkpoint in canonical (BlinkDL) names, float32."""
+        return self.part("random").random_tensors(**shape)
+
+
+@functools.cache
+def get_spec(name: str) -> ModelSpec:
     try:
-        return ARCHITECTURES[name]
+        module = VERSIONS[name]
     except KeyError:
-        raise ConfigError(f"unknown model_type '{name}'; supported: {', '.join(ARCHITECTURES)}") from None
+        raise ConfigError(f"unknown model_type '{name}'; supported: {', '.join(VERSIONS)}") from None
+    return importlib.import_module(module).SPEC
+
+
+def all_specs() -> list[ModelSpec]:
+    return [get_spec(name) for name in VERSIONS]

@@ -6,10 +6,8 @@ import contextlib
 import hashlib
 import io
 import json
-import sys
-import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
@@ -26,27 +24,15 @@ def is_tensor_cache(path: str | Path) -> bool:
     return (Path(path) / CACHE_JSON).is_file()
 
 
-def _progress(items: Iterable, total: int, label: str) -> Iterator:
-    """A one-line progress bar on stderr (only when it is a terminal)."""
-    tty = sys.stderr.isatty()
-    t0 = time.perf_counter()
-    for i, item in enumerate(items, 1):
-        if tty:
-            done = int(30 * i / max(total, 1))
-            sys.stderr.write(f"\r{label} [{'#' * done}{'.' * (30 - done)}] {i}/{total} "
-                             f"{time.perf_counter() - t0:.0f}s")
-            sys.stderr.flush()
-        yield item
-    if tty:
-        sys.stderr.write("\n")
-
-
 def write(params: Iterable[tuple[str, np.ndarray]], out_dir: Path, total: int, metadata: dict,
           shard_cap_mb: int = 32) -> None:
     """Stream ``params`` into a tensor cache in ``out_dir`` (raw encoding: bytes kept exactly)."""
+    from tqdm import tqdm
     from tvm.contrib import tvmjs
+    # a progress bar on terminals only (disable=None)
+    bar = tqdm(params, total=total, desc="converting", unit="tensor", leave=False, disable=None)
     with contextlib.redirect_stdout(io.StringIO()):  # tvmjs prints its own chatter
-        tvmjs.dump_tensor_cache(_progress(params, total, "converting"), str(out_dir),
+        tvmjs.dump_tensor_cache(bar, str(out_dir),
                                 encode_format="raw", meta_data=metadata,
                                 shard_cap_mb=shard_cap_mb, show_progress=False)
 

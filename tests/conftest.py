@@ -1,15 +1,19 @@
-"""Shared fixtures: random checkpoints in real formats and their compiled llvm libraries."""
+"""Shared fixtures: random checkpoints in real formats and their compiled llvm libraries, made
+once per test session and shared by every test that asks for the same thing."""
 from __future__ import annotations
 
 import json
-import os
 import zlib
 
 import numpy as np
 import pytest
 
-os.environ.setdefault("RWKV_JIT_ON", "1")
-os.environ.setdefault("RWKV_CUDA_ON", "0")
+
+def layout_named(arch: str, name: str):
+    """A version's file layout by name ("blink", "hf", "fla", ...)."""
+    from rwkv_relax.registry import get_spec
+    layouts = {layout.name: layout for layout in get_spec(arch).names.LAYOUTS}
+    return layouts[name]
 
 
 class ModelFactory:
@@ -20,14 +24,16 @@ class ModelFactory:
         self._libs = {}
 
     def checkpoint(self, arch: str, name: str, layout: str = "blink", suffix: str = ".pth", **shape):
-        from rwkv_relax.testing import checkpoints
+        from rwkv_relax.registry import get_spec
+        from rwkv_relax.testing.random_weights import write_checkpoint
         path = self.root / f"{arch}-{name}-{layout}{suffix}"
         if not path.exists():
-            tensors = getattr(checkpoints, f"{arch}_tensors")(**shape)
-            checkpoints.write_checkpoint(tensors, path, layout)
+            tensors = get_spec(arch).random_tensors(**shape)
+            write_checkpoint(tensors, path, layout_named(arch, layout))
         return path
 
     def library(self, model_path, **build_kwargs):
+        """One llvm library per (model, build arguments) for the whole session."""
         from rwkv_relax.pipeline import build
         key = (str(model_path), json.dumps(build_kwargs, sort_keys=True))
         if key not in self._libs:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from rwkv_relax.pipeline import ModelSource, export, system_lib_prefix
-from rwkv_relax.registry import get_architecture
+from rwkv_relax.registry import get_spec
 from rwkv_relax.targets import get_target
 from rwkv_relax.testing.opencl_runner import AndroidBuild, OpenCLUnavailable, open_device
 from tir_kernels.wkv4 import STATE_ROWS, wkv4_numpy, wkv4_ragged_numpy
@@ -51,10 +51,10 @@ def builds(device):  # noqa: ARG001 (depends on device so that nothing is compil
 
     def get(arch_name: str) -> AndroidBuild:
         if arch_name not in cache:
-            arch = get_architecture(arch_name)
+            arch = get_spec(arch_name)
             config = arch.config_cls.from_dict(dict(ARCHS[arch_name], name=f"pocl-{arch_name}"))
             source = ModelSource(arch, config)
-            mod, _, _ = export(source, "q0f32")
+            mod, _ = export(source, "q0f32")
             cache[arch_name] = AndroidBuild(mod, get_target("android").target(),
                                             system_lib_prefix(source, "q0f32"))
         return cache[arch_name]

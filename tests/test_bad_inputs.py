@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from rwkv_relax import build as build_cli
-from rwkv_relax.testing.checkpoints import rwkv5_tensors, write_checkpoint
+from rwkv_relax.loaders.layouts import HF_RWKV
+from rwkv_relax.testing.random_weights import write_checkpoint
+from rwkv_relax.versions.rwkv5.random import random_tensors as rwkv5_tensors
 
 SMALL = dict(n_layer=2, n_embd=128, vocab_size=1024, dim_ffn=448)
 
@@ -38,7 +40,7 @@ def test_truncated_pth(tmp_path, capsys, good):
 
 
 def test_truncated_safetensors(tmp_path, capsys, good):
-    p = write_checkpoint(good, tmp_path / "m.safetensors", layout="hf")
+    p = write_checkpoint(good, tmp_path / "m.safetensors", layout=HF_RWKV)
     data = p.read_bytes()
     p.write_bytes(data[:-1000])
     assert "truncated" in run_build(tmp_path, capsys, p)
@@ -121,7 +123,7 @@ def test_webgpu_binding_limit_is_per_tensor(model, mode, fits):
     from rwkv_relax.errors import ConfigError
     from rwkv_relax.pipeline import export, resolve_model
     from rwkv_relax.targets import get_target
-    _, params, _ = export(resolve_model(model), mode)
+    params = export(resolve_model(model), mode)[1]["params"]
     if fits:
         get_target("webgpu").check_params(params, mode)
         get_target("llvm").check_params(params, mode)

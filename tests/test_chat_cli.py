@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from test_engine import world_model
 
 from rwkv_relax import chat as chat_cli
 from rwkv_relax import generate as generate_cli
-from test_engine import world_model
 
 TIMEOUT = 240  # seconds for one step of a child process (importing TVM, loading the model)
 
@@ -87,7 +87,7 @@ def test_chat_through_a_pipe(world):
 
 def test_repl_streams_token_by_token(world):
     """Each piece is written and flushed as it comes (checked on a recording stdout)."""
-    from rwkv_relax.engine import Engine
+    from rwkv_relax.jit import Engine
 
     class Recorder(io.StringIO):
         def __init__(self):
@@ -109,7 +109,7 @@ def test_repl_streams_token_by_token(world):
 
 # ---- generate ---------------------------------------------------------------------------------
 def test_generate_one_shot(world):
-    from rwkv_relax.engine import Engine
+    from rwkv_relax.jit import Engine
     proc = subprocess.run([sys.executable, "-m", "rwkv_relax.generate", *model_args(world), "--prompt",
                            "The sky is", "--max-tokens", "8", "--seed", "0", "--stats"],
                           capture_output=True, timeout=TIMEOUT, env=child_env())

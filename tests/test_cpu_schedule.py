@@ -1,4 +1,4 @@
-"""The llvm matmul schedule (rwkv_relax/cpu_schedule.py) against numpy.
+"""The llvm matmul schedule (rwkv_relax/targets/cpu/matmul.py) against numpy.
 
 One small nn.Module holds the matmul shapes the RWKV blocks produce, with the epilogues FuseOps
 fuses into them (sigmoid * gate + residual, relu^2, a cast to fp16 and back) and a token-shift
@@ -20,7 +20,8 @@ from tvm.relax.backend.cpu_generic.pipeline import legalize_passes
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op, spec
 
-from rwkv_relax.cpu_schedule import NTMatmulCPU, cpu_pipeline, schedule_matmuls, simd_lanes
+from rwkv_relax.targets.cpu import cpu_pipeline
+from rwkv_relax.targets.cpu.matmul import NTMatmulCPU, schedule_matmuls, simd_lanes
 from tir_kernels.quant_matmul import q_matmul_numpy, q_matmul_te
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": tvm.get_global_func("target.llvm_get_system_cpu")(),

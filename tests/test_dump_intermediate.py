@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv_relax.testing.checkpoints import rwkv5_tensors, write_checkpoint
+from rwkv_relax.testing.random_weights import write_checkpoint
+from rwkv_relax.versions.rwkv5.random import random_tensors as rwkv5_tensors
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "dump_intermediate.py"
 SHAPE = dict(n_layer=3, n_embd=128, vocab_size=512, head_size=64, seed=21)
@@ -112,7 +113,7 @@ def test_overflow_is_fp16_only_and_fp32_layers_fix_it(tool, capsys, work):
 
 
 def test_params_directory_carries_its_quantization(tool, capsys, work, tmp_path):
-    from rwkv_relax.convert_weight import convert
+    from rwkv_relax.model_dir import convert
     params = convert(str(work["corrupt2"]), "q4f16_1", tmp_path / "params")
     code, out = run_tool(tool, capsys, "--model", params, "--reference-checkpoint", work["clean"],
                          "--cache-dir", work["cache"])
@@ -157,3 +158,4 @@ def test_bad_input_is_one_line_error(work):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: --tokens takes comma-separated integers, not '1,x'"]
+

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rwkv_relax import Engine, RWKVRelaxError
-from rwkv_relax.engine import cached_library_path
+from rwkv_relax.jit import cached_library_path
 
 # World vocabulary (65536 rows): the smallest RWKV-5 the World tokenizer can drive
 WORLD_SHAPE = dict(n_layer=2, n_embd=128, vocab_size=65536, head_size=64, seed=11)
@@ -22,8 +22,7 @@ BPE_SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Bob: Hello Ali
 def make_model_dir(factory, arch: str, name: str, quantization: str, conv_template: str,
                    tokenizer: Path, **shape) -> Path:
     """A model directory (once per session) from a random checkpoint of ``arch``."""
-    from rwkv_relax.convert_weight import convert
-    from rwkv_relax.gen_config import gen_config
+    from rwkv_relax.model_dir import convert, gen_config
     out = factory.root / f"dir-{arch}-{name}-{quantization}"
     if not (out / "tensor-cache.json").is_file():
         ckpt = factory.checkpoint(arch, name, **shape)
@@ -313,3 +312,4 @@ def test_rwkv4_with_hf_tokenizer_generates_and_chats(factory):
     text(session.send("How are you?"))
     assert session.messages[-2] == {"role": "user", "content": "How are you?"}
     assert session.stats.prefill_tokens > 0 and session.stats.decode_tokens > 0
+

@@ -1,31 +1,35 @@
 """fp16 safety: fp32 WKV state/decay/bonus, fp32 layers on request, rescale_every as ChatRWKV."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 from rwkv_relax import load_model
-from rwkv_relax.testing.checkpoints import rwkv5_tensors, write_checkpoint
+from rwkv_relax.loaders.layouts import HF_RWKV
+from rwkv_relax.registry import get_spec
+from rwkv_relax.testing.random_weights import write_checkpoint
+from rwkv_relax.versions.rwkv5.random import random_tensors as rwkv5_tensors
 
 GAIN = 400.0  # layer-0 channel-mix key gain: relu(k)^2 reaches ~1e6, past fp16's 65504
+SHAPES = {"rwkv5": dict(n_layer=3, n_embd=128, vocab_size=1024, seed=4)}
+# what each version keeps in fp32 in an fp16 model: decay, bonus / rates, ln_x; and its WKV state
+FP32_PARAMS = {"rwkv5": ("att.time_decay", "att.time_faaaa", "att.ln_x_weight", "att.ln_x_bias")}
 
 
-@pytest.fixture(scope="module")
-def overflow_checkpoint(tmp_path_factory):
+@pytest.fixture(scope="module", params=list(SHAPES))
+def overflow_checkpoint(request, tmp_path_factory):
     """A model whose layer 0 overflows fp16 when computed naively (as early layers of small
     RWKV models do): huge channel-mix keys, with value weights scaled down so that the fp32
     result is ordinary."""
-    t = rwkv5_tensors(n_layer=3, n_embd=128, vocab_size=1024, seed=4)
+    t = get_spec(request.param).random_tensors(**SHAPES[request.param])
     t["blocks.0.ffn.key.weight"] *= GAIN
     t["blocks.0.ffn.value.weight"] /= GAIN * GAIN
-    return write_checkpoint(t, tmp_path_factory.mktemp("ovf") / "overflow.pth"), t
+    return write_checkpoint(t, tmp_path_factory.mktemp("ovf") / f"{request.param}-overflow.pth"), t
 
 
 def test_naive_fp16_overflows_in_layer_0(overflow_checkpoint):
     """The naive path: layer 0's squared keys computed in fp16 are inf."""
-    from rwkv_relax.testing.numpy_model import layer_norm
+    from rwkv_relax.reference import layer_norm
     _, t = overflow_checkpoint
     emb = t["emb.weight"][:16]
     x = layer_norm(layer_norm(emb, t["blocks.0.ln0.weight"], t["blocks.0.ln0.bias"], 1e-5),
@@ -56,8 +60,8 @@ def test_state_decay_bonus_stay_fp32_in_fp16_models(factory, overflow_checkpoint
         md = load_model(factory.library(ckpt, quantization=mode), ckpt).metadata
         dtypes = {p["name"]: p["dtype"] for p in md["params"]}
         for i in range(3):
-            for name in ("time_decay", "time_faaaa", "ln_x_weight", "ln_x_bias"):
-                assert dtypes[f"blocks.{i}.att.{name}"] == "float32"
+            for name in FP32_PARAMS[md["model_type"]]:
+                assert dtypes[f"blocks.{i}.{name}"] == "float32", name
         state = {s["name"]: s["dtype"] for s in md["state"]}
         assert state["att_kv"] == "float32" and state["att_x"] == "float16"
 
@@ -66,8 +70,8 @@ def test_state_decay_bonus_stay_fp32_in_fp16_models(factory, overflow_checkpoint
 def reference_with_rescale(monkeypatch):
     def make(pth, every):
         monkeypatch.setenv("RWKV_RESCALE_LAYER", str(every))  # ChatRWKV's own switch
-        from rwkv_relax.testing.reference import reference_model
-        return reference_model(pth)
+        from rwkv_relax.testing.reference import ChatRWKVProcess
+        return ChatRWKVProcess(pth)
     return make
 
 
@@ -78,15 +82,16 @@ def test_rescale_every_matches_chatrwkv(factory, rng, reference_with_rescale):
     ours = load_model(factory.library(ckpt, overrides={"rescale_every": 2}), ckpt)
     ref = reference_with_rescale(ckpt, 2)
     tokens = rng.integers(0, 1024, 25)
-    np.testing.assert_allclose(ours.prefill(tokens)[0], ref.forward(list(map(int, tokens)), None)[0].numpy(),
+    np.testing.assert_allclose(ours.prefill(tokens)[0], ref.forward(tokens)[0],
                                atol=1e-4, rtol=0)
     assert ours.metadata["model_config"]["rescale_every"] == 2
 
 
 def test_rescale_every_from_hf_config(tmp_path):
     import json
+
     from rwkv_relax.pipeline import resolve_model
     folder = tmp_path / "hf"
-    write_checkpoint(rwkv5_tensors(n_layer=2, n_embd=128, vocab_size=1024), folder / "model.safetensors", "hf")
+    write_checkpoint(rwkv5_tensors(n_layer=2, n_embd=128, vocab_size=1024), folder / "model.safetensors", HF_RWKV)
     (folder / "config.json").write_text(json.dumps({"rescale_every": 6}))
     assert resolve_model(str(folder)).config.rescale_every == 6

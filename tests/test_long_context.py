@@ -14,18 +14,18 @@ import pytest
 from rwkv_relax import load_model
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_long_context.py"
-SHAPE = dict(n_layer=2, n_embd=64, vocab_size=1024, head_size=32, seed=5)
+SHAPES = {"rwkv5": dict(n_layer=2, n_embd=64, vocab_size=1024, head_size=32, seed=5)}
 LENGTHS = (10, 1_000, 10_000, 100_000)
 MAX_RSS_GROWTH = 0.05  # relative, 10K -> 100K tokens
 # absolute, 10K -> 100K: one chunk's (512 x 64 fp32) activations leaked per chunk would be 22 MiB
 MAX_RSS_GROWTH_BYTES = 16 * 2**20
 
 
-@pytest.fixture(scope="module")
-def long_run(factory):
+@pytest.fixture(scope="module", params=list(SHAPES))
+def long_run(factory, request):
     if not Path("/proc/self/status").is_file():
         pytest.skip("needs /proc/self/status for the resident-memory figures")
-    ckpt = factory.checkpoint("rwkv5", "long", **SHAPE)
+    ckpt = factory.checkpoint(request.param, "long", **SHAPES[request.param])
     lib = factory.library(ckpt)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(TOOL), "--model", str(ckpt), "--lib", str(lib), "--json",
@@ -54,7 +54,8 @@ def test_state_size_independent_of_length(long_run):
     assert records[10]["state"] == records[100_000]["state"]
     assert records[10]["state_bytes"] == records[100_000]["state_bytes"]
     spec = load_model(lib, ckpt).metadata["state"]
-    want = {f"{layer}.{s['name']}": [s["shape"], s["dtype"]] for layer in range(SHAPE["n_layer"]) for s in spec}
+    n_layer = load_model(lib, ckpt).n_layer
+    want = {f"{layer}.{s['name']}": [s["shape"], s["dtype"]] for layer in range(n_layer) for s in spec}
     assert {k: v[:2] for k, v in records[100_000]["state"].items()} == want
     assert all(r["logits_finite"] and r["state_finite"] for r in records.values())
 

@@ -14,8 +14,7 @@ from tvm.s_tir import dlight as dl
 
 from rwkv_relax.quantization import group_quant as gq
 from tir_kernels import kernel, retarget
-from tir_kernels.quant_matmul import (q_gemv, q_gemv_i16_numpy,
-                                      q_matmul_numpy, quantize_activations_i16)
+from tir_kernels.quant_matmul import q_gemv, q_gemv_i16_numpy, q_matmul_numpy, quantize_activations_i16
 
 # fp32 out: only the summation order differs from the float64 twin (measured ~2e-7 of max |y|)
 RTOL = {"float32": 2e-6, "float16": 1e-3}  # fp16: one output rounding, 2**-11 relative
@@ -140,7 +139,7 @@ def test_avx2_form_falls_back_where_it_does_not_apply():
 
 
 def test_cpu_pipeline_retargets_only_with_avx2():
-    from rwkv_relax.cpu_schedule import retarget_for_cpu_features
+    from rwkv_relax.targets.cpu import retarget_for_cpu_features
     func = kernel("q_gemv", 8 * 128, 128, 4, 32, "float16", "float32")
     mod = tvm.IRModule({"q_gemv": func})
     plain = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})

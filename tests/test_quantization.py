@@ -12,16 +12,21 @@ import pytest
 import tvm
 
 from rwkv_relax import RWKVRelaxError, load_model
-from rwkv_relax.convert_weight import convert
 from rwkv_relax.convert_weight import main as convert_main
-from rwkv_relax.quality import compare, position_logits
+from rwkv_relax.model_dir import convert
 from rwkv_relax.quantization import MODES, get_mode
 from rwkv_relax.quantization import group_quant as gq
-from rwkv_relax.testing.checkpoints import rwkv5_tensors, write_checkpoint
-from rwkv_relax.testing.numpy_model import NumpyRWKV, dequantized_params
+from rwkv_relax.reference import dequantized_params
+from rwkv_relax.registry import get_spec
+from rwkv_relax.testing.quality import compare, position_logits
+from rwkv_relax.testing.random_weights import write_checkpoint
+from rwkv_relax.versions.rwkv5.random import random_tensors as rwkv5_tensors
 
 SHAPE = dict(n_layer=2, n_embd=192, vocab_size=1536, head_size=64, dim_ffn=672, seed=11)
 SHAPE4 = dict(n_layer=2, n_embd=160, vocab_size=1001, dim_ffn=608, seed=12)  # odd vocab: GEMV tail rows
+ARCH_SHAPES = {"rwkv5": SHAPE, "rwkv4": SHAPE4}
+# a parameter each version keeps in fp32 whatever the mode (the decay, in its load-time form)
+FP32_PARAM = {"rwkv5": "blocks.0.att.time_decay", "rwkv4": "blocks.0.att.time_decay"}
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -46,7 +51,8 @@ def test_te_dequantize_matches_numpy(rng, bits):
     q, s = gq.quantize(rng.standard_normal((n, k)).astype(np.float32), bits, 32, "float16")
     qt = te.placeholder(q.shape, "uint32", name="q")
     st = te.placeholder(s.shape, "float16", name="s")
-    out = gq.te_dequantize(qt, st, bits, 32, "float32")
+    from tir_kernels.quant_matmul import te_dequantize
+    out = te_dequantize(qt, st, bits, 32, "float32")
     f = tvm.compile(te.create_prim_func([qt, st, out]), target="llvm")
     res = tvm.runtime.empty((n, k), "float32", tvm.cpu())
     f(tvm.runtime.tensor(q), tvm.runtime.tensor(s), res)
@@ -63,20 +69,19 @@ def ckpt(factory):
 TOLERANCE = {"float32": 2e-5, "float16": 3e-3}
 
 
-@pytest.mark.parametrize("arch", ["rwkv5", "rwkv4"])
+@pytest.mark.parametrize("arch", list(ARCH_SHAPES))
 @pytest.mark.parametrize("mode", list(MODES))
-def test_compiled_matches_float64_model_on_dequantized_weights(factory, ckpt, rng, mode, arch):
+def test_compiled_matches_float64_model_on_dequantized_weights(factory, rng, mode, arch):
     """Prefill (TE dequantize-matmul under the CPU schedule) and decode (the hand-written GEMV)."""
-    shape = SHAPE4 if arch == "rwkv4" else SHAPE
-    if arch == "rwkv4":
-        ckpt = factory.checkpoint("rwkv4", "quant", **SHAPE4)
+    shape = ARCH_SHAPES[arch]
+    ckpt = factory.checkpoint(arch, "quant", **shape)
     model = load_model(factory.library(ckpt, quantization=mode), ckpt)
     params = {p["name"]: t.numpy() for p, t in zip(model.metadata["params"], model.params)}
+    assert params[FP32_PARAM[arch]].dtype == np.float32
     if get_mode(mode).quantized:
         assert any(n.endswith("q_weight") for n in params)
-        assert "blocks.0.att.time_decay" in params and params["blocks.0.att.time_decay"].dtype == np.float32
-    ref = NumpyRWKV(arch, model.metadata["model_config"],
-                    dequantized_params(params, get_mode(mode).weight_bits))
+    ref = get_spec(arch).reference(model.metadata["model_config"],
+                                   dequantized_params(params, get_mode(mode).weight_bits))
     tokens = rng.integers(0, shape["vocab_size"], 40)
     theirs, rstate, _ = ref.forward(tokens)
     ours, state = model.prefill(tokens)
@@ -110,11 +115,10 @@ QUALITY_BOUNDS = {"q0f16": (1e-4, 0.98), "q8f16_1": (2e-3, 0.95),
                   "q4f32_1": (0.15, 0.6), "q4f16_1": (0.15, 0.6)}
 
 
-@pytest.mark.parametrize("arch", ["rwkv5", "rwkv4"])
-def test_quality_against_fp32(factory, ckpt, arch):
-    shape = SHAPE4 if arch == "rwkv4" else SHAPE
-    if arch == "rwkv4":
-        ckpt = factory.checkpoint("rwkv4", "quant", **SHAPE4)
+@pytest.mark.parametrize("arch", list(ARCH_SHAPES))
+def test_quality_against_fp32(factory, arch):
+    shape = ARCH_SHAPES[arch]
+    ckpt = factory.checkpoint(arch, "quant", **shape)
     base = load_model(factory.library(ckpt, quantization="q0f32"), ckpt)
     tokens = np.random.default_rng(3).integers(0, shape["vocab_size"], 256)
     ref = position_logits(base, tokens)
@@ -180,7 +184,7 @@ def test_convert_bad_input_leaves_nothing(tmp_path, capsys):
 
 MEMORY_PROBE = textwrap.dedent("""
     import sys, threading, time
-    from rwkv_relax.convert_weight import convert
+    from rwkv_relax.model_dir import convert
     import rwkv_relax.pipeline  # import everything before the baseline
     def anon_mib():
         s = open("/proc/self/status").read()

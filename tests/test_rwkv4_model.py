@@ -1,9 +1,6 @@
-"""RWKV-4 compiled for llvm against ChatRWKV's `rwkv` package and transformers' RwkvForCausalLM
-(both fp32 on CPU, both from the same random weights).
-
-The shared RNN contract (``tests/rnn_contract.py``) runs on the ``rnn`` fixture below against both
-references; the rest is specific to RWKV-4 (Hugging Face rescaling, the WKV4 max trick, presets,
-building from a config through the CLI, version mismatches).
+"""RWKV-4 specifics: against transformers' RwkvForCausalLM (besides the `rwkv` package of the
+shared contract, ``test_model_contract.py``), Hugging Face rescaling, the WKV4 max trick, presets,
+building from a config through the CLI, version mismatches.
 """
 from __future__ import annotations
 
@@ -13,22 +10,20 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from test_model_contract import TOL, ChatRWKV, RNNUnderTest
 
-from rnn_contract import *  # noqa: F401,F403  the contract's tests, collected here
-from rnn_contract import TOL, ChatRWKV, RNNUnderTest
-from rwkv_relax import load_model
 from rwkv_relax import build as build_cli
+from rwkv_relax import load_model
 from rwkv_relax.config import list_presets
 from rwkv_relax.errors import ConfigError
-from rwkv_relax.models.rwkv4 import RWKV4Config
+from rwkv_relax.loaders.layouts import HF_RWKV
 from rwkv_relax.pipeline import resolve_model
-from rwkv_relax.testing.checkpoints import rwkv4_tensors, write_checkpoint, write_hf_folder
+from rwkv_relax.testing.random_weights import write_checkpoint, write_hf_folder
+from rwkv_relax.versions.rwkv4.config import RWKV4Config
+from rwkv_relax.versions.rwkv4.random import STATE_ATOL
+from rwkv_relax.versions.rwkv4.random import TEST_SHAPE as SHAPE
+from rwkv_relax.versions.rwkv4.random import random_tensors as rwkv4_tensors
 
-# Dimensions chosen so that no two of C, A, F, V (nor L) coincide: a dropped transpose between two
-# equal dims would otherwise go unnoticed.
-SHAPE = dict(n_layer=3, n_embd=96, dim_att=160, dim_ffn=352, vocab_size=700, seed=3)
-# aa, bb are scaled by exp(-pp), so they inherit pp's rounding (pp ~ 100: a few float32 ulps)
-STATE_ATOL = {"att_x": 1e-5, "att_aa": 1e-4, "att_bb": 1e-4, "att_pp": 1e-4, "ffn_x": 1e-5}
 V5_SMALL = dict(n_layer=2, n_embd=128, vocab_size=1024, dim_ffn=448)  # as tests/test_bad_inputs.py
 EXP_LIMIT = 88.72  # float32 exp overflows past this
 
@@ -80,10 +75,27 @@ def rnn(factory):
     library = factory.library(ckpt)
     model = load_model(library, ckpt)
     # the .pth has no config: rescale_every 0, so transformers must not rescale either
-    folder = write_hf_folder(rwkv4_tensors(**SHAPE), factory.root / "rwkv4-main-hf-folder", hf_config(SHAPE, 0))
-    # A != C: ChatRWKV's att_seq cannot run it (see ChatRWKV), its att_one can
-    references = [ChatRWKV(ckpt, model.state_names, one_token_at_a_time=True), Transformers(folder)]
-    return RNNUnderTest("rwkv4", SHAPE, library, model, references, STATE_ATOL)
+    folder = write_hf_folder(rwkv4_tensors(**SHAPE), factory.root / "rwkv4-main-hf-folder", hf_config(SHAPE, 0),
+                             HF_RWKV)
+    return RNNUnderTest("rwkv4", SHAPE, library, model, [Transformers(folder)], STATE_ATOL)
+
+
+@pytest.mark.parametrize("length", [1, 17, 300])
+def test_prefill_then_decode_match_transformers(rnn, rng, length):
+    """The contract's reference comparison, against transformers."""
+    ref, model = rnn.references[0], rnn.model
+    tokens = rng.integers(0, SHAPE["vocab_size"], length)
+    ours, state = model.prefill(tokens)
+    theirs, rstate = ref.forward(tokens)
+    np.testing.assert_allclose(ours, theirs, atol=TOL, rtol=0)
+    for token in rng.integers(0, SHAPE["vocab_size"], 16):
+        ours, state = model.decode(int(token), state)
+        theirs, rstate = ref.forward([token], rstate)
+        np.testing.assert_allclose(ours, theirs, atol=TOL, rtol=0)
+    for layer in range(model.n_layer):
+        for name in model.state_names:
+            np.testing.assert_allclose(state.layer(layer, name), ref.layer_state(rstate, layer, name),
+                                       atol=rnn.state_atol[name], rtol=0, err_msg=f"layer {layer} {name}")
 
 
 def test_fresh_state_is_chatrwkvs(rnn):
@@ -110,7 +122,7 @@ def test_hf_folder_rescale_matches_transformers(factory, rng):
     the residual at inference, so the library must read and apply it to give its logits."""
     shape = dict(SHAPE, seed=11)
     folder = write_hf_folder(rwkv4_tensors(**shape), factory.root / "rwkv4-rescale2-hf-folder",
-                             hf_config(shape, rescale_every=2))
+                             hf_config(shape, rescale_every=2), HF_RWKV)
     model = load_model(factory.library(folder), folder)
     assert model.metadata["model_type"] == "rwkv4"
     assert model.metadata["model_config"]["rescale_every"] == 2
@@ -137,7 +149,7 @@ def test_cli_builds_from_config_json(tmp_path, capsys, rng):
     ckpt = write_checkpoint(rwkv4_tensors(n_layer=2, n_embd=80, vocab_size=300, seed=7), tmp_path / "w.pth")
     model = load_model(lib, ckpt)
     assert model.metadata["model_config"]["dim_att"] == 80 and model.metadata["model_config"]["dim_ffn"] == 320
-    ref = ChatRWKV(ckpt, model.state_names)
+    ref = ChatRWKV(ckpt, model.state_names)  # dim_att = n_embd: the package's att_seq runs it
     tokens = rng.integers(0, 300, 45)
     np.testing.assert_allclose(model.prefill(tokens)[0], ref.forward(tokens)[0], atol=TOL, rtol=0)
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rwkv_relax.sampler import (Sampler, SamplerError, StopStrings, chatrwkv_uncounted_ids,
-                                find_stop)
+from rwkv_relax.runtime.sampler import Sampler, SamplerError, StopStrings, chatrwkv_uncounted_ids, find_stop
 
 V = 64  # vocab size of the synthetic logits
 

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from test_engine import WORLD_SHAPE, make_model_dir, raven_model, world_model
 
 from rwkv_relax import RWKVRelaxError, load_model
-from rwkv_relax.state_file import StateFileError, load_state, read_state_file, save_state
+from rwkv_relax.runtime.state_file import StateFileError, load_state, read_state_file, save_state
 from rwkv_relax.tokenizer import default_world_vocab
-from test_engine import WORLD_SHAPE, make_model_dir, raven_model, world_model
 
 TOKENS = [510, 33, 2120, 44, 1080, 9, 300, 77]
 
@@ -70,7 +70,7 @@ def test_loaded_state_has_no_history_to_roll_back(model, saved):
 
 
 def test_chat_session_save_and_load(factory, world, tmp_path):
-    from rwkv_relax.engine import Engine
+    from rwkv_relax.jit import Engine
     model_dir, lib, _ = world
     engine = Engine(model_dir, lib)
     session = engine.chat_session(seed=3, max_tokens=6)

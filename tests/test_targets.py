@@ -10,7 +10,7 @@ import pytest
 
 from rwkv_relax import RWKVRelaxError
 from rwkv_relax import build as build_cli
-from rwkv_relax.pipeline import compile_module, export, resolve_model, system_lib_prefix
+from rwkv_relax.pipeline import export, resolve_model, system_lib_prefix
 from rwkv_relax.targets import PRESETS, get_target
 from rwkv_relax.testing import artifacts
 
@@ -42,9 +42,9 @@ def built(factory, tmp_path_factory):
         if key not in cache:
             source = resolve_model(str(factory.checkpoint(arch, "targets", **ARCHS[arch])))
             preset = get_target(target)
-            mod, _, _ = export(source, mode)
+            mod, _ = export(source, mode)
             prefix = system_lib_prefix(source, mode) if preset.prefixed_system_lib else None
-            ex = compile_module(mod, preset.target(), prefix)
+            ex = preset.compile(mod, preset.target(), prefix)
             path = root / f"{arch}-{mode}-{target}{preset.extension}"
             preset.export(ex, str(path), prefix)
             cache[key] = (path, device_sources(ex.mod), prefix)
@@ -126,7 +126,7 @@ def test_cuda_so_holds_cubin_and_ptx_for_the_arch(factory, arch, mode, tmp_path)
 @pytest.mark.parametrize("mode", MODES)
 def test_vulkan_fails_clearly_after_lowering(factory, arch, mode):
     source = resolve_model(str(factory.checkpoint(arch, "targets", **ARCHS[arch])))
-    mod, _, _ = export(source, mode)
+    mod, _ = export(source, mode)
     preset = get_target("vulkan")
     lowered = []
 
@@ -139,7 +139,7 @@ def test_vulkan_fails_clearly_after_lowering(factory, arch, mode):
 
     with tvm.transform.PassContext(instruments=[Record()]):
         with pytest.raises(RWKVRelaxError, match="USE_VULKAN=ON") as err:
-            compile_module(mod, preset.target())
+            preset.compile(mod, preset.target())
     assert "\n" not in str(err.value)
     # scheduling (dlight) and TIR lowering ran before codegen was found missing
     assert "ApplyDefaultSchedule" in lowered[0:] or any("ApplyDefaultSchedule" in n for n in lowered)

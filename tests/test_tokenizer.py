@@ -8,10 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rwkv_relax import tokenizer as tk
 from rwkv_relax.errors import RWKVRelaxError
-from rwkv_relax.tokenizer import (HFTokenizer, StreamDecoder, TokenizerError, WorldTokenizer,
-                                  default_world_vocab, load_tokenizer)
+from rwkv_relax.runtime.tokenizers import world as tk
+from rwkv_relax.tokenizer import (
+    HFTokenizer,
+    StreamDecoder,
+    TokenizerError,
+    WorldTokenizer,
+    default_world_vocab,
+    load_tokenizer,
+)
 
 VOCAB = default_world_vocab()
 needs_rwkv = pytest.mark.skipif(VOCAB is None, reason="the rwkv package (World vocab) is not installed")

@@ -23,8 +23,8 @@ import pytest
 
 from rwkv_relax import build as build_cli
 from rwkv_relax import load_model
-from rwkv_relax.convert_weight import convert
-from rwkv_relax.pipeline import compile_module, export, resolve_model
+from rwkv_relax.model_dir import convert
+from rwkv_relax.pipeline import export, resolve_model
 from rwkv_relax.targets import get_target
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -95,7 +95,7 @@ def run_in_browser(configs: list[dict], model_dir: Path, tmp_path: Path) -> list
 # What tvmjs's detectGPUDevice requests of the adapter (WebGPU's default is 8): a kernel with
 # more storage buffers fails pipeline creation in every browser.
 MAX_STORAGE_BUFFERS = 10
-ARCH_PARAMS = ["rwkv5", "rwkv4"]
+ARCH_PARAMS = list(ARCHS)
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +108,9 @@ def compiled(factory):
             ckpt = factory.checkpoint(arch, "web", **ARCHS[arch])
             source = resolve_model(str(ckpt))
             t0 = time.perf_counter()
-            mod, _, _ = export(source, "q0f32")
+            mod, _ = export(source, "q0f32")
             prefix = ""  # wasm libraries are unprefixed system libs (web-llm's loader expects it)
-            ex = compile_module(mod, get_target("webgpu").target())
+            ex = get_target("webgpu").compile(mod, get_target("webgpu").target())
             cache[arch] = (ckpt, ex, prefix, time.perf_counter() - t0)
         return cache[arch]
     return get
@@ -145,8 +145,8 @@ def web_tools():
     reason = missing_browser_tools()
     if reason:
         pytest.skip(reason)
-    from rwkv_relax import web
-    web.runtime_objects(log=print)  # the one-time runtime build (~2 min), cached afterwards
+    from rwkv_relax.targets.webgpu import runtime
+    runtime.runtime_objects()  # the one-time runtime build (~2 min), cached afterwards
 
 
 @pytest.mark.parametrize("arch", ARCH_PARAMS)
@@ -186,9 +186,10 @@ def test_webgpu_in_chromium_matches_llvm(factory, web_tools, arch, tmp_path, cap
 
 
 def test_replacement_headers_on_the_host(tmp_path):
-    """rwkv_relax/web_runtime's headers, compiled for this machine (tests/web/support_headers_test.cc)."""
+    """rwkv_relax/targets/webgpu/headers/, compiled for this machine (tests/web/support_headers_test.cc)."""
     import tvm_ffi.libinfo
-    from rwkv_relax.web import HEADERS_DIR
+
+    from rwkv_relax.targets.webgpu.runtime import HEADERS_DIR
     cxx = shutil.which("g++") or shutil.which("clang++")
     if cxx is None:
         pytest.skip("no C++ compiler (apt install g++)")

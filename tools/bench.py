@@ -1,7 +1,7 @@
 """Decode / prefill speed of our llvm build against the `rwkv` package, measured in one run.
 
     python tools/bench.py                       # RWKV-5, 12 x 768, vocab 65536, fp32
-    python tools/bench.py --arch rwkv4 --layers 12 --embd 768
+    python tools/bench.py --model-type rwkv4 --layers 12 --embd 768
 
 Prints tok/s for both, their ratio, and the bandwidth ceiling: the weight bytes one decode step
 must read, divided by the measured streaming-read bandwidth (what decode does to its weights: a
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 import tempfile
 import time
@@ -123,7 +122,9 @@ def decode_weight_bytes(params: dict) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="rwkv5", choices=["rwkv5", "rwkv4"])
+    from rwkv_relax.registry import VERSIONS
+    p.add_argument("--model-type", "--arch", dest="model_type", default="rwkv5", choices=list(VERSIONS),
+                   help="the RWKV version of the random checkpoint")
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--embd", type=int, default=768)
     p.add_argument("--vocab", type=int, default=65536)
@@ -138,17 +139,18 @@ def main(argv=None) -> int:
                    help="also time World tokenizer encode against ChatRWKV's TRIE_TOKENIZER (1 MB)")
     args = p.parse_args(argv)
 
-    os.environ.setdefault("RWKV_JIT_ON", "1")
-    os.environ.setdefault("RWKV_CUDA_ON", "0")
     from rwkv_relax import load_model
     from rwkv_relax.pipeline import build, export, resolve_model
-    from rwkv_relax.testing import checkpoints
-    from rwkv_relax.testing.reference import reference_model
+    from rwkv_relax.registry import get_spec
+    from rwkv_relax.runtime.threads import use_all_cpus
+    from rwkv_relax.testing.random_weights import write_checkpoint
+    from rwkv_relax.testing.reference import ChatRWKVProcess
 
+    use_all_cpus()  # the bandwidth probes run on the model's thread pool
     work = Path(tempfile.mkdtemp(prefix="rwkv_bench_"))
-    ckpt = Path(args.checkpoint) if args.checkpoint else checkpoints.write_checkpoint(
-        getattr(checkpoints, f"{args.arch}_tensors")(n_layer=args.layers, n_embd=args.embd,
-                                                     vocab_size=args.vocab), work / "model.pth")
+    ckpt = Path(args.checkpoint) if args.checkpoint else write_checkpoint(
+        get_spec(args.model_type).random_tensors(n_layer=args.layers, n_embd=args.embd, vocab_size=args.vocab),
+        work / "model.pth")
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, args.vocab, args.prefill).tolist()
     models, build_s = {}, {}
@@ -188,19 +190,20 @@ def main(argv=None) -> int:
     models = states = None
 
     if not args.skip_reference:
-        ref = reference_model(ckpt)
+        ref = ChatRWKVProcess(ckpt, v7=args.model_type == "rwkv7")
         _, rstate = ref.forward(prompt[:8], None)
 
         def ref_step():
             nonlocal rstate
             _, rstate = ref.forward([int(rng.integers(args.vocab))], rstate)
-        fp32_bytes = decode_weight_bytes(export(resolve_model(str(ckpt)), "q0f32")[1])
+        fp32_bytes = decode_weight_bytes({p["name"]: (p["shape"], p["dtype"])
+                                          for p in export(resolve_model(str(ckpt)), "q0f32")[1]["params"]})
         probes = probe_bandwidths()
         decode = 1 / timed(ref_step, args.decode_steps)
         rows.append(("rwkv package (cpu fp32)", decode, args.prefill / timed(lambda: ref.forward(prompt, None), 1),
                      fp32_bytes, ceiling_shares(decode, fp32_bytes, probes)))
 
-    print(f"model: {args.arch} {args.layers} x {args.embd}, vocab {args.vocab}; build "
+    print(f"model: {args.model_type} {args.layers} x {args.embd}, vocab {args.vocab}; build "
           + ", ".join(f"{m} {t:.1f} s" for m, t in build_s.items()))
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (copy {copy_bw / 1e9:.1f} GB/s, read + write counted), "
           "best round; ceiling = read bandwidth / weight bytes read per decode step; % ceil: median over "

@@ -68,6 +68,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="checkpoint (default: a random RWKV-5, see --layers/--embd)")
     p.add_argument("--lib", default=None, help="llvm library for --model (default: build one)")
+    from rwkv_relax.registry import VERSIONS
+    p.add_argument("--model-type", default="rwkv5", choices=[v for v in VERSIONS if v != "rwkv4"],
+                   help="the RWKV version of the random checkpoint")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--embd", type=int, default=64)
     p.add_argument("--head-size", type=int, default=32)
@@ -83,9 +86,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="rwkv_long_") as tmp:
         ckpt = args.model
         if ckpt is None:
-            from rwkv_relax.testing.checkpoints import rwkv5_tensors, write_checkpoint
-            ckpt = write_checkpoint(rwkv5_tensors(n_layer=args.layers, n_embd=args.embd, vocab_size=args.vocab,
-                                                  head_size=args.head_size), Path(tmp) / "model.pth")
+            from rwkv_relax.registry import get_spec
+            from rwkv_relax.testing.random_weights import write_checkpoint
+            shape = dict(n_layer=args.layers, n_embd=args.embd, vocab_size=args.vocab, head_size=args.head_size)
+            ckpt = write_checkpoint(get_spec(args.model_type).random_tensors(**shape), Path(tmp) / "model.pth")
         lib = args.lib or build(str(ckpt), target="llvm", output=Path(tmp) / "model.so")
         model = load_model(lib, ckpt, max_sequences=1, max_history=1)
     before = memory()
@@ -95,7 +99,8 @@ def main(argv=None) -> int:
                           "records": records}))
         return 0
     cfg = model.metadata["model_config"]
-    print(f"model: {args.model or 'random checkpoint'} ({model.metadata['model_type']}, {model.n_layer} x {cfg['n_embd']}, "
+    print(f"model: {args.model or 'random checkpoint'} ({model.metadata['model_type']}, "
+          f"{model.n_layer} x {cfg['n_embd']}, "
           f"{model.metadata['quantization']}), prefill chunks of {model.chunk}; "
           f"RSS after loading {before['rss'] / 2**20:.1f} MiB")
     print(f"{'tokens':>8s} {'us/token':>9s} {'from':>8s} {'RSS MiB':>9s} {'peak MiB':>9s} {'state KiB':>10s}")

@@ -27,8 +27,7 @@ from tvm import relax
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op, spec
 
-from rwkv_relax.cpu_schedule import cpu_pipeline
-from rwkv_relax.targets import host_cpu
+from rwkv_relax.targets.cpu import cpu_pipeline, host_cpu
 
 SHAPES = [(768, 768), (768, 2688), (2688, 768), (768, 65536)]  # (K, N) of RWKV-5 0.1B
 ROWS = [1, 512]

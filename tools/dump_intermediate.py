@@ -14,7 +14,7 @@ library, compiled with one extra function that also returns every layer's sub-st
 (rwkv_relax/debug.py). It runs on the weights exactly as the library would load them
 (quantized per --quantization).
 
-The REFERENCE is the float64 numpy RWKV (rwkv_relax/testing/numpy_model.py) on those same
+The REFERENCE is the version's float64 numpy RWKV (rwkv_relax/versions/<v>/reference.py) on those same
 weights, de-quantized, so every quantization mode and fp16 is checked against exact math: what
 differs is the compiled code (fp16 overflow or rounding, a wrong kernel), not the quantization.
 With --reference-checkpoint the reference uses that checkpoint's weights instead (quantized the
@@ -54,7 +54,7 @@ def encode_text(text: str, model: str, tokenizer: str | None, model_type: str) -
     """``text`` through the tokenizer: --tokenizer, else one next to the checkpoint, else (RWKV-5
     World) the World vocab shipped in the rwkv package."""
     from rwkv_relax.errors import RWKVRelaxError
-    from rwkv_relax.gen_config import find_tokenizer
+    from rwkv_relax.model_dir import find_tokenizer
     from rwkv_relax.tokenizer import default_world_vocab, load_tokenizer
     found = find_tokenizer(model, tokenizer)
     path = found[0] if found else (default_world_vocab() if model_type == "rwkv5" else None)
@@ -81,10 +81,15 @@ def print_rows(rows) -> None:
 
 def chatrwkv_logits(model: str, tokens: list[int]) -> np.ndarray:
     from rwkv_relax.errors import RWKVRelaxError
-    from rwkv_relax.testing.reference import reference_model
+    from rwkv_relax.testing.reference import ChatRWKVProcess
+    from rwkv_relax.weights import open_weights
     if Path(model).suffix != ".pth":
         raise RWKVRelaxError("--chatrwkv needs a BlinkDL .pth checkpoint (the rwkv package reads only those)")
-    return reference_model(model).forward(tokens, None)[0].float().numpy()
+    ref = ChatRWKVProcess(model, v7=open_weights(model).spec.name == "rwkv7")
+    try:
+        return ref.forward(tokens)[0]
+    finally:
+        ref.close()
 
 
 @one_line_errors
@@ -129,7 +134,7 @@ def main(argv=None) -> int:
 
     cfg = source.config
     if args.text is not None:
-        tokens = encode_text(args.text, args.model, args.tokenizer, source.arch.name)
+        tokens = encode_text(args.text, args.model, args.tokenizer, source.spec.name)
     elif tokens is None:
         tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, DEFAULT_TOKENS).tolist()
 
@@ -145,7 +150,7 @@ def main(argv=None) -> int:
             ref_params = debug.library_params(debug.DebugModel(lib, args.reference_checkpoint))
         ref = debug.reference_trace(ours_model, tokens, ref_params)
 
-    print(f"model: {args.model} ({source.arch.name}, {cfg.n_layer} layers x {cfg.n_embd}, "
+    print(f"model: {args.model} ({source.spec.name}, {cfg.n_layer} layers x {cfg.n_embd}, "
           f"{quantization}, {mode.act_dtype} activations); {len(tokens)} tokens; "
           f"debug build {build_s:.1f} s")
     weights = f"{args.reference_checkpoint}'s" if args.reference_checkpoint else "the same"

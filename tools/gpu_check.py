@@ -20,22 +20,25 @@ import numpy as np
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--arch", default="sm_90")
+    p.add_argument("--chip", "--arch", dest="chip", default="sm_90", help="CUDA sm_XX")
+    p.add_argument("--model-type", default="rwkv5", help="the RWKV version of the random checkpoint")
     p.add_argument("--quantization", default="q0f32")
     p.add_argument("--prompt", type=int, default=512)
     p.add_argument("--decode-steps", type=int, default=32)
     args = p.parse_args(argv)
     import tvm
+
     from rwkv_relax import load_model
     from rwkv_relax.pipeline import build
-    from rwkv_relax.testing import checkpoints
+    from rwkv_relax.registry import get_spec
+    from rwkv_relax.testing.random_weights import write_checkpoint
     if not tvm.cuda(0).exist:
         print("no CUDA device visible: run this on a machine with an NVIDIA GPU and driver")
         return 1
     work = Path(tempfile.mkdtemp(prefix="rwkv_gpu_"))
-    ckpt = args.checkpoint or checkpoints.write_checkpoint(
-        checkpoints.rwkv5_tensors(n_layer=12, n_embd=768, vocab_size=65536), work / "model.pth")
-    libs = {dev: build(str(ckpt), target=target, arch=args.arch if dev == "cuda" else None,
+    ckpt = args.checkpoint or write_checkpoint(
+        get_spec(args.model_type).random_tensors(n_layer=12, n_embd=768, vocab_size=65536), work / "model.pth")
+    libs = {dev: build(str(ckpt), target=target, chip=args.chip if dev == "cuda" else None,
                        quantization=args.quantization, output=work / f"lib-{dev}.so")
             for dev, target in (("cuda", "cuda"), ("cpu", "llvm"))}
     models = {dev: load_model(lib, ckpt, device=dev) for dev, lib in libs.items()}

@@ -17,17 +17,20 @@ import numpy as np
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="default: a random checkpoint (2 x 256, vocab 4096)")
-    p.add_argument("--arch", default="rwkv5", choices=["rwkv5", "rwkv4"], help="of the random checkpoint")
+    from rwkv_relax.registry import VERSIONS
+    p.add_argument("--model-type", "--arch", dest="model_type", default="rwkv5", choices=list(VERSIONS),
+                   help="the RWKV version of the random checkpoint")
     p.add_argument("--positions", type=int, default=256)
     p.add_argument("--modes", default="q0f16,q8f16_1,q4f32_1,q4f16_1")
     args = p.parse_args(argv)
     from rwkv_relax import load_model
     from rwkv_relax.pipeline import build
-    from rwkv_relax.quality import compare, position_logits
-    from rwkv_relax.testing import checkpoints
+    from rwkv_relax.registry import get_spec
+    from rwkv_relax.testing.quality import compare, position_logits
+    from rwkv_relax.testing.random_weights import write_checkpoint
     work = Path(tempfile.mkdtemp(prefix="rwkv_quality_"))
-    ckpt = args.checkpoint or checkpoints.write_checkpoint(
-        getattr(checkpoints, f"{args.arch}_tensors")(n_layer=2, n_embd=256, vocab_size=4096), work / "model.pth")
+    ckpt = args.checkpoint or write_checkpoint(
+        get_spec(args.model_type).random_tensors(n_layer=2, n_embd=256, vocab_size=4096), work / "model.pth")
     base = load_model(build(str(ckpt), output=work / "q0f32.so", quantization="q0f32"), ckpt)
     tokens = np.random.default_rng(0).integers(0, base.vocab_size, args.positions)
     ref = position_logits(base, tokens)

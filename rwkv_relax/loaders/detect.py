@@ -1,71 +1,67 @@
-"""Which RWKV version and which file layout a checkpoint holds, from its tensor names alone."""
+"""Which RWKV version and which file layout a checkpoint holds, from its tensor names alone.
+
+Known relatives that we do not compile are refused by name first (half of such a model would
+otherwise load into the nearest version, or fail with a confusing missing-tensor message). Then
+every registered version offers its layouts; the first (version, layout) whose signature the
+canonical names match wins."""
 from __future__ import annotations
 
+import re
+
 from ..errors import CheckpointError
+from ..registry import VERSIONS, all_specs
+from .layouts import CanonicalView
 from .readers import Checkpoint
 
-# Canonical names are BlinkDL's; the Hugging Face layout renames whole dot-separated components
-# and prefixes everything but the head with "rwkv.". One table serves both directions.
-HF_COMPONENTS = {
-    "emb": "embeddings",
-    "ln0": "pre_ln",
-    "att": "attention",
-    "ffn": "feed_forward",
-    "time_mix_k": "time_mix_key",
-    "time_mix_v": "time_mix_value",
-    "time_mix_r": "time_mix_receptance",
-    "time_mix_g": "time_mix_gate",
-}
-_HF_TO_BLINK = {v: k for k, v in HF_COMPONENTS.items()}
-LAYOUTS = ("blink", "hf")
+# (what it is, a test on the file's raw tensor names). Checked in order, before any version.
+REFUSED = (
+    ("an RWKV-7 DeepEmbed (rwkv7a) checkpoint (ffn.s_emb tensors)",
+     lambda names: any(".s_emb" in n or re.search(r"\.ffn\.s[012]$", n) for n in names)),
+    ("an RWKV-7 DEA (rwkv7b) checkpoint (qkv attention tensors)",
+     lambda names: any(re.search(r"\.qkv\.", n) for n in names)),
+    ("a hybrid RWKV / transformer checkpoint (ARWKV, QRWKV: attention or gated-MLP projections "
+     "beside RWKV time mixing)",
+     lambda names: any(re.search(r"\.(q_proj|self_attn|gate_proj|up_proj|down_proj)\.", n) for n in names)
+     and any(re.search(r"time_m|\.att\.|\.attention\.|\.attn\.", n) for n in names)),
+)
+
+# Generations that are not registered (yet): named before a registered version half-claims the
+# file. (model_type, what it is, a test on the raw names); skipped once model_type is registered.
+UNREGISTERED = (
+    ("rwkv6", "an RWKV-6 checkpoint", lambda names: any("time_maa" in n for n in names)),
+)
 
 
-def to_layout(canonical: str, layout: str) -> str:
-    """The name a canonical (BlinkDL) tensor has in ``layout``."""
-    if layout == "blink":
-        return canonical
-    parts = [HF_COMPONENTS.get(p, p) for p in canonical.split(".")]
-    name = ".".join(parts)
-    return name if canonical == "head.weight" else "rwkv." + name
-
-
-def to_canonical(name: str, layout: str) -> str:
-    if layout == "blink":
-        return name
-    if name.startswith("rwkv."):
-        name = name[len("rwkv."):]
-    return ".".join(_HF_TO_BLINK.get(p, p) for p in name.split("."))
-
-
-def detect(ckpt: Checkpoint) -> tuple[str, str]:
-    """Return ``(architecture, layout)``: architecture in {"rwkv4", "rwkv5"}, layout in LAYOUTS.
-
-    Other RWKV versions are named in the error so the user knows what they have.
-    """
+def detect(ckpt: Checkpoint) -> tuple[str, CanonicalView]:
+    """``(version name, the checkpoint in canonical names)``; a one-line error for anything else."""
     names = ckpt.names()
-    if any(n.startswith("rwkv.") for n in names):
-        layout = "hf"
-    elif "emb.weight" in names:
-        layout = "blink"
-    else:
+    for what, test in REFUSED:
+        if test(names):
+            raise CheckpointError(f"{ckpt.path} is {what}; rwkv_relax compiles the plain RWKV "
+                                  f"models: {', '.join(s.title for s in all_specs())}")
+    supported = ", ".join(s.title for s in all_specs())
+    for model_type, what, test in UNREGISTERED:
+        if model_type not in VERSIONS and test(names):
+            raise CheckpointError(f"{ckpt.path} is {what}; rwkv_relax supports {supported}")
+    for spec in all_specs():
+        for layout in spec.names.LAYOUTS:
+            view = CanonicalView(ckpt, layout)
+            if "emb.weight" in view and spec.names.is_version(view):
+                return spec.name, view
+    hint = _other_version(names)
+    if hint:
+        raise CheckpointError(f"{ckpt.path} is {hint}; rwkv_relax supports {supported}")
+    if not any(n.endswith("emb.weight") or n.endswith("embeddings.weight") for n in names):
         raise CheckpointError(
-            f"{ckpt.path} is not an RWKV checkpoint (no 'emb.weight' or 'rwkv.embeddings.weight'; "
+            f"{ckpt.path} is not an RWKV checkpoint (no embedding table such as 'emb.weight'; "
             f"first tensors: {', '.join(names[:3])})")
-    canon = [to_canonical(n, layout) for n in names]
-    has = lambda frag: any(frag in n for n in canon)
-    if has(".att.x_r") or has(".att.w0") or has(".att.a0"):
-        raise CheckpointError(f"{ckpt.path} is an RWKV-7 checkpoint; rwkv_relax supports RWKV-4 and RWKV-5.2")
-    if has("time_maa"):
-        raise CheckpointError(f"{ckpt.path} is an RWKV-6 checkpoint; rwkv_relax supports RWKV-4 and RWKV-5.2")
-    if has(".ln_x."):
-        decay = [n for n in names if to_canonical(n, layout).endswith("att.time_decay")]
-        shape = ckpt.shape(decay[0]) if decay else ()
-        if has(".att.gate.") and len(shape) == 2 and shape[1] > 1:
-            return "rwkv5", layout
-        version = "5.1" if has(".att.gate.") else "5.0"
-        raise CheckpointError(f"{ckpt.path} is an RWKV-{version} checkpoint; only RWKV-5.2 (World) "
-                              "is supported among RWKV-5 models")
-    if has(".att.time_first"):
-        return "rwkv4", layout
-    raise CheckpointError(f"{ckpt.path}: cannot tell the RWKV version (no ln_x, time_first or time_maa "
-                          "tensors); is it a complete RWKV checkpoint?")
+    raise CheckpointError(f"{ckpt.path}: cannot tell the RWKV version or layout from its tensor names "
+                          f"(first: {', '.join(names[:3])}); is it a complete RWKV checkpoint?")
+
+
+def _other_version(names: list[str]) -> str | None:
+    """Name an RWKV generation that no registered version claimed."""
+    has = lambda frag: any(frag in n for n in names)
+    if has("ln_x") and has("time_decay"):
+        return "an RWKV-5.1 checkpoint" if has("gate") else "an RWKV-5.0 checkpoint"
+    return None

@@ -1,7 +1,8 @@
 """Lazy readers for BlinkDL ``.pth``, Hugging Face ``.safetensors`` / ``.bin`` and their folders.
 
 Pickles are opened with ``torch.load(weights_only=True)``: a checkpoint that needs arbitrary code
-to unpickle is refused, never run.
+to unpickle is refused, never run. torch and safetensors are imported when a file is opened, so the
+name tables that import this module stay light.
 """
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from ..errors import CheckpointError
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+# safetensors' dtype names -> torch's, so that Checkpoint.dtype speaks one language
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                       "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                       "BOOL": "bool"}
 
 
 class Checkpoint:
@@ -34,13 +38,17 @@ class Checkpoint:
         return name in self._tensors
 
     def shape(self, name: str) -> tuple[int, ...]:
-        t = self._tensors[name]
-        return tuple(t.shape) if isinstance(t, torch.Tensor) else t.shape
+        return tuple(self._tensors[name].shape)
+
+    def dtype(self, name: str) -> str:
+        """The stored dtype, torch's name without the prefix ("float16", "bfloat16", ...)."""
+        return str(self._tensors[name].dtype).replace("torch.", "")
 
     def get(self, name: str) -> np.ndarray:
         """The tensor as a float32/int numpy array (bf16 and fp16 are widened to fp32)."""
+        import torch
         t = self._tensors[name]
-        if not isinstance(t, torch.Tensor):
+        if isinstance(t, _LazySafetensor):
             t = t.load()
         if t.dtype in (torch.bfloat16, torch.float16, torch.float64):
             t = t.float()
@@ -54,16 +62,17 @@ class Checkpoint:
 class _LazySafetensor:
     """One tensor of a safetensors file, opened when first read (keeps peak memory at one tensor)."""
 
-    def __init__(self, path: Path, name: str, shape: tuple[int, ...]):
-        self.path, self.name, self.shape = path, name, shape
+    def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype: str):
+        self.path, self.name, self.shape, self.dtype = path, name, shape, dtype
 
-    def load(self) -> torch.Tensor:
+    def load(self):
         from safetensors import safe_open
         with safe_open(str(self.path), framework="pt") as f:
             return f.get_tensor(self.name)
 
 
 def _read_torch(path: Path) -> dict:
+    import torch
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -100,7 +109,9 @@ def _read_safetensors(path: Path) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             names = list(f.keys())
-            out = {n: _LazySafetensor(path, n, tuple(f.get_slice(n).get_shape())) for n in names}
+            out = {n: _LazySafetensor(path, n, tuple(f.get_slice(n).get_shape()),
+                                      _SAFETENSORS_DTYPES.get(f.get_slice(n).get_dtype(), f.get_slice(n).get_dtype()))
+                   for n in names}
     except Exception as err:  # safetensors raises its own SafetensorError (no public class)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"{path} is truncated or not a safetensors file ({first[:160]}); "

@@ -1,14 +1,13 @@
-"""Applying an architecture's exhaustive name table to a checkpoint."""
+"""Applying a version's exhaustive name table to a checkpoint seen in canonical names."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Collection, Mapping
 
 import numpy as np
 
 from ..errors import CheckpointError
-from .detect import to_canonical, to_layout
-from .readers import Checkpoint
+from .layouts import CanonicalView
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,50 +22,49 @@ class ParamSource:
     transform: Callable[..., np.ndarray]
 
 
-def check_tensor_names(ckpt: Checkpoint, layout: str, expected: Mapping[str, tuple[int, ...]]) -> None:
-    """Fail on the first missing, unexpected or mis-shaped tensor, naming it."""
-    present = {to_canonical(n, layout): n for n in ckpt.names()}
-    for canon, shape in expected.items():
-        if canon not in present:
-            raise CheckpointError(f"{ckpt.path}: missing tensor '{to_layout(canon, layout)}'; "
-                                  "the checkpoint is incomplete or of another model")
-        got = ckpt.shape(present[canon])
-        if tuple(got) != tuple(shape):
-            raise CheckpointError(f"{ckpt.path}: tensor '{present[canon]}' has shape {tuple(got)}, "
-                                  f"expected {tuple(shape)}")
-    for canon, name in present.items():
-        if canon not in expected:
-            raise CheckpointError(f"{ckpt.path}: unexpected tensor '{name}' (not part of this model's "
-                                  "table); is the checkpoint for another RWKV version or layout?")
+@dataclasses.dataclass(frozen=True)
+class TensorTable:
+    """What a version expects of a checkpoint: every canonical tensor with its shape, and how each
+    model parameter is made from them. ``ignored`` tensors may be there, in any shape, or not, and
+    are never read (RWKV-7 layer 0's value-residual LoRA: BlinkDL files have it, flash-linear-
+    attention's drop it, GGUF conversions write dummies)."""
 
+    shapes: Mapping[str, tuple[int, ...]]
+    params: Mapping[str, ParamSource]
+    ignored: Collection[str] = ()
 
-def load_params(ckpt: Checkpoint, layout: str, expected: Mapping[str, tuple[int, ...]],
-                table: Mapping[str, ParamSource],
-                params: Mapping[str, tuple[tuple[int, ...], str]]) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(param name, array)`` in the order of ``params`` (the compiled model's order).
+    def check(self, view: CanonicalView) -> None:
+        """Fail on the first unmapped, missing, unexpected or mis-shaped tensor, naming it as the
+        file names it."""
+        if view.unmapped:
+            raise CheckpointError(f"{view.path}: unexpected tensor '{view.unmapped[0]}' (no {view.layout.name} "
+                                  "layout rule maps it); is the checkpoint for another RWKV version or layout?")
+        present = set(view.names())
+        for canon, shape in self.shapes.items():
+            if canon not in present:
+                raise CheckpointError(f"{view.path}: missing tensor '{view.file_name(canon)}'; "
+                                      "the checkpoint is incomplete or of another model")
+            got = view.shape(canon)
+            if tuple(got) != tuple(shape):
+                raise CheckpointError(f"{view.path}: tensor '{view.file_name(canon)}' has shape "
+                                      f"{tuple(got)}, expected {tuple(shape)}")
+        for canon in view.names():
+            if canon not in self.shapes and canon not in self.ignored:
+                raise CheckpointError(f"{view.path}: unexpected tensor '{view.file_name(canon)}' (not part of "
+                                      "this model's table); is the checkpoint for another RWKV version or layout?")
+        used = {s for src in self.params.values() for s in src.sources}
+        unused = sorted(set(self.shapes) - used)
+        if unused:  # a table bug, not a user error
+            raise AssertionError(f"name table never reads {unused[:5]}")
 
-    ``expected`` maps canonical source names to their shapes, ``params`` maps parameter names to
-    (shape, dtype). Reads one source tensor set at a time, so memory stays near one tensor.
-    """
-    check_tensor_names(ckpt, layout, expected)
-    missing = [p for p in params if p not in table]
-    if missing:  # a table bug, not a user error
-        raise AssertionError(f"name table has no entry for parameters {missing[:5]}")
-    used = {s for src in table.values() for s in src.sources}
-    unused = sorted(set(expected) - used)
-    if unused:
-        raise AssertionError(f"name table never reads {unused[:5]}")
-    present = {to_canonical(n, layout): n for n in ckpt.names()}
-    for name, (shape, dtype) in params.items():
-        entry = table[name]
+    def read(self, view: CanonicalView, name: str) -> np.ndarray:
+        """Parameter ``name`` as the model reads it (float32 unless the transform says otherwise)."""
+        entry = self.params[name]
         arrays = []
         for canon in entry.sources:
-            arr = ckpt.get(present[canon])
+            arr = view.get(canon)
             if not np.all(np.isfinite(arr)):
-                raise CheckpointError(f"{ckpt.path}: tensor '{present[canon]}' holds NaN or Inf values; "
+                raise CheckpointError(f"{view.path}: tensor '{view.file_name(canon)}' holds NaN or Inf values; "
                                       "the checkpoint is corrupt")
             arrays.append(arr)
-        out = np.ascontiguousarray(entry.transform(*arrays))
-        if tuple(out.shape) != tuple(shape):
-            raise AssertionError(f"{getattr(entry.transform, '__name__', entry.transform)} gave {out.shape} for {name}, want {shape}")
-        yield name, out.astype(dtype, copy=False)
+        return np.ascontiguousarray(entry.transform(*arrays))

@@ -1,11 +1,11 @@
 """Named load-time weight transforms. Each docstring says why the checkpoint differs from what
-the compiled model reads. All compute in float32 (or float64 where noted) like ChatRWKV."""
+the compiled model reads. All compute in float32 (or float64 where noted) like ChatRWKV, through
+torch where the reference rounds through torch (imported on use: the tables stay light)."""
 from __future__ import annotations
 
 import functools
 
 import numpy as np
-import torch
 
 
 def identity(x: np.ndarray) -> np.ndarray:
@@ -21,6 +21,7 @@ def squeeze_vector(x: np.ndarray) -> np.ndarray:
 def fold_ln0_into_embedding(emb: np.ndarray, ln0_w: np.ndarray, ln0_b: np.ndarray) -> np.ndarray:
     """blocks.0.ln0 only ever sees embedding rows, so ChatRWKV applies it to the table once at load
     (eps 1e-5, fp32, torch's layer_norm so rounding matches the reference)."""
+    import torch
     t = torch.nn.functional.layer_norm(torch.from_numpy(emb).float(), (emb.shape[1],),
                                        weight=torch.from_numpy(ln0_w).float(),
                                        bias=torch.from_numpy(ln0_b).float())
@@ -30,11 +31,13 @@ def fold_ln0_into_embedding(emb: np.ndarray, ln0_w: np.ndarray, ln0_b: np.ndarra
 def decay_v5(time_decay: np.ndarray) -> np.ndarray:
     """RWKV-5 checkpoints store log(-log(w)); the scan multiplies the state by w = exp(-exp(.)),
     computed in fp32 as ChatRWKV does (fp16 would round w of slow heads to 1.0)."""
+    import torch
     return torch.exp(-torch.exp(torch.from_numpy(time_decay).float())).numpy()
 
 
 def decay_v4(time_decay: np.ndarray) -> np.ndarray:
     """RWKV-4 checkpoints store log(-w); the WKV4 recurrence adds w = -exp(.) in log space."""
+    import torch
     return (-torch.exp(torch.from_numpy(time_decay).float())).numpy()
 
 
@@ -54,3 +57,4 @@ def rescaled(layer: int, every: int):
     if not every:
         return identity
     return functools.partial(rescale_residual_weight, divisor=float(2 ** (layer // every)))
+

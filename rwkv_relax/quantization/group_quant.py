@@ -4,14 +4,12 @@ A weight W (N, K) is cut into groups of G = 32 consecutive input channels. Per g
 ``scale = max|w| / qmax`` with ``qmax = 2**(bits-1) - 1`` and ``q = clip(round(w / scale) + qmax,
 0, 2*qmax)``, stored unsigned; ``w ~= (q - qmax) * scale``. ``32 // bits`` codes are packed into each
 uint32, element k in bits ``(k % per_word) * bits`` of word ``k // per_word``. Scales are stored in
-the activation dtype: q_weight (N, K*bits/32) uint32, q_scale (N, K/G).
+the activation dtype: q_weight (N, K*bits/32) uint32, q_scale (N, K/G). Numpy only (the
+runtime converts checkpoints with it); the TE dequantization lives with the kernels.
 """
 from __future__ import annotations
 
 import numpy as np
-
-# the TE dequantization lives with the kernels that inline it
-from tir_kernels.quant_matmul import te_dequantize  # noqa: F401  (re-exported)
 
 
 def qmax(bits: int) -> int:

@@ -1,41 +1,23 @@
-"""The module transform (swap layers for quantized ones) and the weight plan that goes with it.
+"""The module transform: swap layers for quantized ones.
 
 Policy, decided here and only here, by layer *type*: ``Linear`` and ``Embedding`` layers are
 quantized; everything else (time_decay, time_first/time_faaaa, ln_x, layer norms, token-mix
-vectors, the state) is not, because those are not Linear/Embedding parameters. The embedding
-table and the head (the Linear flagged ``role="head"``) can be kept in the activation dtype.
+vectors, the state, RWKV-7's LoRA factors) is not, because those are not Linear/Embedding
+parameters. The embedding table and the head (the Linear flagged ``role="head"``) can be kept in
+the activation dtype. The weights follow the parameter names the swap leaves (``X.weight`` becomes
+``X.q_weight`` + ``X.q_scale``; see :func:`..weights.library_params`).
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
-
-import numpy as np
 from tvm import te
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
-from tir_kernels import kernel
-from tir_kernels.quant_matmul import dequantize_element, q_matmul_te
-
 from ..errors import RWKVRelaxError
-from ..models.common import Embedding, Linear
+from ..models import ops
+from ..models.layers import Embedding, Linear
 from . import group_quant as gq
 from .modes import QuantMode
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightPlan:
-    """How each float parameter of the unquantized model becomes the quantized model's params:
-    ``source param -> (function(array) -> tuple of arrays, target param names)``."""
-
-    entries: dict[str, tuple[Callable[[np.ndarray], tuple[np.ndarray, ...]], tuple[str, ...]]]
-
-    def apply(self, name: str, array: np.ndarray) -> list[tuple[str, np.ndarray]]:
-        if name not in self.entries:
-            return [(name, array)]
-        fn, targets = self.entries[name]
-        return list(zip(targets, fn(array)))
 
 
 class GroupQuantLinear(nn.Module):
@@ -55,11 +37,10 @@ class GroupQuantLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         bits, group, out_dtype = self.bits, self.group, self.out_dtype
         if isinstance(x.shape[0], int) and x.shape[0] == 1:
-            func = kernel("q_gemv", self.out_features, self.in_features, bits, group, x.dtype, out_dtype)
-            return op.tensor_ir_op(func, "q_gemv", [x, self.q_weight, self.q_scale],
-                                   Tensor.placeholder([1, self.out_features], out_dtype))
+            return ops.q_gemv(x, self.q_weight, self.q_scale, self.out_features, self.in_features,
+                              bits, group, out_dtype)
         # built on the caller's shapes, so the symbolic token count is shared with the graph
-        return op.tensor_expr_op(lambda x, q, s: q_matmul_te(x, q, s, bits, group, out_dtype),
+        return op.tensor_expr_op(lambda x, q, s: ops.q_matmul_te(x, q, s, bits, group, out_dtype),
                                  "dequantize_matmul", [x, self.q_weight, self.q_scale])
 
 
@@ -80,21 +61,15 @@ class GroupQuantEmbedding(nn.Module):
 
         def gather(q, scale, ids):
             return te.compute((ids.shape[0], q.shape[1] * (32 // bits)),
-                              lambda t, c: dequantize_element(q, scale, ids[t], c, bits, group).astype(dtype),
+                              lambda t, c: ops.dequantize_element(q, scale, ids[t], c, bits, group).astype(dtype),
                               name="embedding")
         return op.tensor_expr_op(gather, "dequantize_embedding", [self.q_weight, self.q_scale, ids])
 
 
-def quantize_model(model: nn.Module, mode: QuantMode, keep_embedding_head: bool = False):
-    """Swap quantizable layers in ``model`` (in place) and return ``(model, WeightPlan)``."""
-    entries: dict = {}
+def quantize_model(model: nn.Module, mode: QuantMode, keep_embedding_head: bool = False) -> nn.Module:
+    """Swap quantizable layers in ``model`` (in place) and return it."""
     if not mode.quantized:
-        return model, WeightPlan(entries)
-
-    def quantizer(weight_name: str, prefix: str):
-        def quantize_weight(w: np.ndarray):
-            return gq.quantize(w, mode.weight_bits, mode.group_size, mode.act_dtype)
-        entries[weight_name] = (quantize_weight, (prefix + "q_weight", prefix + "q_scale"))
+        return model
 
     class _Swap(nn.Mutator):
         def visit_module(self, name, node):
@@ -106,10 +81,8 @@ def quantize_model(model: nn.Module, mode: QuantMode, keep_embedding_head: bool 
                     raise RWKVRelaxError(
                         f"{prefix}weight has {width} input channels, not a multiple of the group size "
                         f"{mode.group_size} of {mode.name}; use q0f16 or q0f32 for this model")
-                quantizer(prefix + "weight", prefix)
                 cls = GroupQuantLinear if isinstance(node, Linear) else GroupQuantEmbedding
                 return cls(node, mode)
             return super().visit_module(name, node)
 
-    model = _Swap().visit("", model)
-    return model, WeightPlan(entries)
+    return _Swap().visit("", model)

@@ -20,7 +20,9 @@ from tvm.runtime import ShapeTuple
 
 from .. import tensor_cache
 from ..errors import RWKVRelaxError
-from ..pipeline import ModelSource, check_checkpoint_matches, iter_params, resolve_model
+from ..registry import get_spec
+from ..weights import check_matches, library_params, open_weights
+from .threads import use_all_cpus
 
 _DEVICES = {"cpu": tvm.cpu, "cuda": tvm.cuda, "metal": tvm.metal, "vulkan": tvm.vulkan,
             "opencl": tvm.opencl}
@@ -59,6 +61,8 @@ class CompiledModel:
             raise RWKVRelaxError(f"model library {lib_path} does not exist; build it with "
                                  "python -m rwkv_relax.build")
         self.device = _DEVICES[device](0)
+        if device == "cpu":
+            use_all_cpus()
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
         self.metadata = json.loads(str(self.vm["_metadata"]()))
         self.vocab_size = int(self.metadata["vocab_size"])
@@ -91,21 +95,12 @@ class CompiledModel:
             self.weights_fingerprint = hashlib.sha256(
                 "".join(r.get("md5sum", "") for r in shards).encode()).hexdigest()[:16]
             return params
-        source = resolve_model(str(weights))
-        if source.checkpoint is None:
-            raise RWKVRelaxError(f"{weights} is not a checkpoint; pass the model's weights")
-        check_checkpoint_matches(source, md["model_type"])
-        built = md["model_config"]
-        for key in ("n_layer", "n_embd", "vocab_size", "dim_ffn"):
-            if key in built and getattr(source.config, key, built[key]) != built[key]:
-                raise RWKVRelaxError(
-                    f"checkpoint {weights} has {key}={getattr(source.config, key)} but the library "
-                    f"was built for {key}={built[key]}; build a library for this checkpoint")
+        found = open_weights(weights)
+        check_matches(found, md["model_type"], md["model_config"])
         # numerics (rescale_every, eps...) as compiled, tensors from the checkpoint
-        as_built = ModelSource(source.arch, source.arch.config_cls.from_dict(built),
-                               source.checkpoint, source.layout)
-        arrays = dict(iter_params(as_built, md["quantization"], md.get("keep_embedding_head", False)))
-        return [tvm.runtime.tensor(arrays.pop(p["name"]), self.device) for p in md["params"]]
+        built = get_spec(md["model_type"]).config_cls.from_dict(md["model_config"])
+        return [tvm.runtime.tensor(array, self.device)
+                for _, array in library_params(found, built, md["params"], md["quantization"])]
 
     # ---- sequences ----------------------------------------------------------------------
     def _new_sequence(self, parent: State | None) -> int:

@@ -3,7 +3,7 @@ each with its unscheduled twin compiled for llvm.
 
 The TVM wheel has no OpenCL runtime (USE_OPENCL=OFF), so this module plays its part:
 
-* :class:`AndroidBuild` runs the project's own ``compile_module`` for the android preset and
+* :class:`AndroidBuild` runs the android preset's own ``compile`` and
   keeps, through a pass instrument, every function after ``FuseTIR`` (each kernel as it was
   before dlight scheduled it: the llvm twin) and after the last ``tirx.SplitHostDevice`` (each
   host function with its ``call_ffi_kernel`` launches, and the device kernels' signatures).
@@ -40,7 +40,7 @@ from tvm.sym import Analyzer
 
 from tir_kernels import retarget
 
-from ..pipeline import compile_module
+from ..targets import get_target
 
 THREAD_AXES = {"x": 0, "y": 1, "z": 2}
 
@@ -206,7 +206,7 @@ class AndroidBuild:
                     captured[info.name] = {gv.name_hint: f for gv, f in mod.functions.items()}
 
         with tvm.transform.PassContext(instruments=[Capture()]):
-            self.executable = compile_module(mod, target, prefix)
+            self.executable = get_target("android").compile(mod, target, prefix)
         self.prefix = prefix or ""
         self.source = _opencl_source(self.executable.mod)
         self.sources = _split_sources(self.source)

@@ -1,0 +1,58 @@
+"""The one bridge from the models to ``tir_kernels``: each hand-written kernel as a function on
+nn Tensors, hiding the single-sequence / ragged-batch choice, the placeholders and the reshapes.
+
+Kernels are built in their default ("cpu") form and tagged (``tir_kernels.kernel``); the target
+pipelines swap in other forms (GPU, instruction-set specific), so the models never see targets.
+Letters: T tokens (packed over all sequences), B sequences, H heads, N head size, A = H * N.
+"""
+from __future__ import annotations
+
+from tvm.relax.frontend.nn import Tensor, op
+
+from tir_kernels import kernel
+from tir_kernels.quant_matmul import dequantize_element, q_matmul_te  # noqa: F401  (TE helpers)
+
+F32 = "float32"
+
+
+def wkv4(k: Tensor, v: Tensor, w: Tensor, u: Tensor, aa: Tensor, bb: Tensor, pp: Tensor, seg_last):
+    """RWKV-4 WKV with the max trick (tir_kernels/wkv4.py). k, v: (T, A) fp32; w, u: (A,);
+    aa, bb, pp: (B, A) -> wkv (T, A), new (aa, bb, pp) each (B, A).
+
+    The three states travel as one (3, ...) buffer in and one out: as separate buffers they would
+    bind more storage buffers than a WebGPU shader may."""
+    T, A = k.shape[0], k.shape[1]
+    if seg_last is None:
+        s_in = op.concat([aa, bb, pp], dim=0)  # 3 x (1, A) -> (3, A)
+        out, s_out = op.tensor_ir_op(kernel("wkv4", A), "wkv4", [k, v, w, u, s_in],
+                                     [Tensor.placeholder([T, A], F32), Tensor.placeholder([3, A], F32)])
+        return out, op.split(s_out, 3, axis=0)  # (3, A) -> 3 x (1, A)
+    B = aa.shape[0]
+    s_in = op.concat([op.reshape(s, [1, B, A]) for s in (aa, bb, pp)], dim=0)  # (3, B, A)
+    out, s_out = op.tensor_ir_op(kernel("wkv4_ragged", A), "wkv4_ragged", [k, v, w, u, s_in, seg_last],
+                                 [Tensor.placeholder([T, A], F32), Tensor.placeholder([3, B, A], F32)])
+    return out, [op.reshape(s, [B, A]) for s in op.split(s_out, 3, axis=0)]  # 3 x (B, A)
+
+
+def wkv5(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, s: Tensor, seg_last):
+    """RWKV-5 WKV (tir_kernels/wkv5.py). r, k, v: (T, H, N) fp32; w, u: (H, N); s: (B, H, N, N)
+    [h, key, value] -> out (T, H, N), new s (B, H, N, N)."""
+    T, H, N = r.shape
+    if seg_last is None:
+        out, s_new = op.tensor_ir_op(kernel("wkv5", H, N), "wkv5", [r, k, v, w, u, op.reshape(s, [H, N, N])],
+                                     [Tensor.placeholder([T, H, N], F32), Tensor.placeholder([H, N, N], F32)])
+        return out, op.reshape(s_new, [1, H, N, N])
+    return op.tensor_ir_op(kernel("wkv5_ragged", H, N), "wkv5_ragged", [r, k, v, w, u, s, seg_last],
+                           [Tensor.placeholder([T, H, N], F32), Tensor.placeholder(s.shape, F32)])
+
+
+def state_copy(shape, dtype: str, direction: str):
+    """The RNNState get/set kernel for one state entry (tir_kernels/rnn_state.py)."""
+    return kernel("state_copy", shape, dtype, direction)
+
+
+def q_gemv(x: Tensor, q: Tensor, scale: Tensor, out_features: int, in_features: int, bits: int,
+           group: int, out_dtype: str) -> Tensor:
+    """One row times a group-quantized weight (tir_kernels/quant_matmul.py): (1, K) -> (1, N)."""
+    func = kernel("q_gemv", out_features, in_features, bits, group, x.dtype, out_dtype)
+    return op.tensor_ir_op(func, "q_gemv", [x, q, scale], Tensor.placeholder([1, out_features], out_dtype))

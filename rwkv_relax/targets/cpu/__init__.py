@@ -1,0 +1,62 @@
+"""llvm: this machine's CPU. The preset, and its compile pipeline: TVM's default llvm pipeline
+with our instruction-set kernel forms swapped in and the matmul schedule (``matmul.py``) added."""
+from __future__ import annotations
+
+import os
+
+from ..preset import TargetPreset, export_plain
+
+
+def host_cpu() -> str:
+    """The host CPU name LLVM knows (TVM's default llvm target is generic x86-64, unvectorised)."""
+    import tvm
+    return tvm.get_global_func("target.llvm_get_system_cpu")()
+
+
+def _llvm(chip: str | None) -> dict:
+    return {"kind": "llvm", "mcpu": chip or host_cpu(), "num-cores": os.cpu_count() or 1}
+
+
+def retarget_for_cpu_features(target):
+    """Swap tagged kernels for their instruction-set form (``tir_kernels.FEATURE_FORMS``) where the
+    target has that feature, e.g. the int16 ``vpmaddwd`` decode GEMV on AVX2 (the default forms
+    are portable)."""
+    from tvm.target import codegen
+
+    from tir_kernels import FEATURE_FORMS
+
+    from ..retarget import retarget_kernels
+    forms = {name: form for form, names in FEATURE_FORMS.items()
+             if codegen.target_has_features(form, target) for name in names}
+    return retarget_kernels(forms.get, "RetargetKernelsForCPU")
+
+
+def cpu_pipeline(target, tile=None):
+    """``relax.get_default_pipeline(llvm)`` with our kernels' instruction-set forms, and
+    FuseTransposeMatmul in front of legalization (``x @ W.T`` becomes one NT_matmul, not a
+    transpose kernel plus a matmul) and the matmul schedule after FuseTIR."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+    from tvm.target import Target
+
+    from .matmul import schedule_matmuls
+    target = Target(target) if not isinstance(target, Target) else target
+
+    @tvm.transform.module_pass(opt_level=0, name="RWKVCPUPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            seq = tvm.transform.Sequential(
+                [retarget_for_cpu_features(target), relax.transform.FuseTransposeMatmul()]
+                + cpu_generic.library_dispatch_passes(target)
+                + cpu_generic.legalize_passes(target)  # Legalize, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR
+                + [schedule_matmuls(tile)]
+                + cpu_generic.dataflow_lower_passes(target)
+                + cpu_generic.finalize_passes(target))
+            return seq(mod)
+
+    return _pipeline
+
+
+LLVM = TargetPreset("llvm", _llvm, ".so", export_plain, False, "this machine's CPU (LLVM, host -mcpu)",
+                    pipeline=cpu_pipeline, chip_help="an LLVM -mcpu name (default: this host's)")

@@ -1,0 +1,315 @@
+"""The llvm schedule for the model's matmuls (a dlight rule).
+
+Every ``Linear`` computes ``y[m, n] = sum_k x[m, k] * W[n, k]`` with W kept as the checkpoint
+stores it, (N, K) row-major, so each output column reads one contiguous weight row. Unscheduled,
+that reduction runs one scalar multiply-add per element on one core (~3 GB/s of weights). The
+rule below keeps the layout and instead
+
+* vectorises over k: ``k = ko * V + ki`` and ``rfactor(ki)``, so each output gets a V-lane fp32
+  accumulator (one SIMD register) updated by FMAs on contiguous x and W loads, and one
+  horizontal sum at the end;
+* tiles ``rows x cols`` outputs per register block (decode M = 1: 1 x 8 weight rows sharing each
+  x load; prefill: 4 x 3 on AVX2, 4 x 7 on AVX-512, so every load feeds several FMAs) and keeps
+  the accumulators in a ``local`` buffer that LLVM promotes to registers;
+* runs the tiles on all cores (``parallel`` over the fused row-tile x column-tile loop);
+* pads a symbolic (or ragged) token count up to the row tile with ``pad_einsum`` (a copy of x,
+  O(M*K)) instead of a predicate: a ``row < M`` test inside the k loop costs 5x;
+* computes the fused elementwise epilogue (sigmoid, relu^2, residual add, casts) per tile, while
+  the outputs are hot, and inlines injective prologues (token-shift mix) into the x loads;
+* for a group-quantized W with more than one row (prefill, batches), keeps the dequantize as a
+  block computed once per task into an fp32 block of W rows (<= ``block_bytes``, L2-resident)
+  that the task's token tiles then sweep, instead of unpacking every weight again per 4 tokens.
+  (One-row decode never gets here: it calls the hand-written GEMV of tir_kernels/quant_matmul.)
+
+Functions marked ``tirx.is_scheduled`` (the hand-written WKV kernels) and functions that are not
+such a matmul are left exactly as they are.
+
+The ``parallel`` loops use TVM's runtime thread pool, which on x86 starts hardware_concurrency/2
+workers (it assumes SMT): one thread on a 2-vCPU VM without SMT, i.e. half the bandwidth. The
+runtime sizes it (``runtime/threads.py``) before the first call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight as dl
+from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
+from tvm.target import Target, codegen
+
+
+# --------------------------------------------------------------------------------------------
+# Tile choice
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    """Register tile: ``rows x cols`` outputs computed together, each a ``lanes``-wide fp32
+    accumulator over k. ``rows * cols`` accumulators must fit the SIMD register file with room
+    for the x and W loads, or LLVM spills them and the inner loop runs ~4x slower."""
+
+    rows: int
+    cols: int
+    lanes: int
+
+
+def simd_lanes(target: Target) -> int:
+    """fp32 lanes of one SIMD register: 16 with AVX-512, 8 with AVX/AVX2, else 4 (SSE, NEON)."""
+    if codegen.target_has_features("avx512f", target):
+        return 16
+    if codegen.target_has_features("avx", target):
+        return 8
+    return 4
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return next(d for d in range(min(n, at_most), 0, -1) if n % d == 0)
+
+
+def choose_tile(m: int | None, n: int, k: int, target: Target) -> Tile | None:
+    """Tile for an (m, n, k) NT matmul; ``m`` is None when symbolic. None: not worth it / k not
+    vectorisable (k % 4 != 0 never happens in RWKV; such a matmul stays unscheduled)."""
+    lanes = simd_lanes(target)
+    while lanes > 1 and k % lanes:
+        lanes //= 2
+    if lanes < 4:
+        return None
+    n_regs = 32 if lanes == 16 else 16  # zmm0-31 with AVX-512, ymm0-15 / xmm0-15 otherwise
+    if m == 1:
+        # GEMV: bandwidth bound; 8 weight rows share each x load and give 8 independent FMA chains
+        return Tile(1, _largest_divisor(n, 8), lanes)
+    # GEMM: rows*cols accumulators + cols (or rows) live loads; 4x3 on 16 registers, 4x6 on 32
+    rows = 4 if m is None or m >= 4 else m
+    cols = _largest_divisor(n, (n_regs - 4) // rows)
+    return Tile(rows, cols, lanes)
+
+
+# --------------------------------------------------------------------------------------------
+# Pattern
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _NTMatmul:
+    """Iterator roles of a matched reduction block (indices into its iter vars)."""
+
+    m_iters: list[int]  # output rows (tokens, batch); the last one is tiled
+    n_iter: int  # output column = weight row
+    k_iter: int  # reduction = contiguous last axis of x and W
+
+
+def _uses(expr, var: tirx.Var) -> bool:
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+
+
+def match_nt_matmul(sch: s_tir.Schedule, info: SBlockInfo) -> _NTMatmul | None:
+    """``out[..m.., n] (+)= f(x[..m.., k], W[n, k], ...)``: one reduction iter k that is the
+    unit-stride last index of every buffer depending on it; one or more reads are indexed exactly
+    ``[n, k]`` (the weight, maybe with a cast around it); no other read depends on n."""
+    block = sch.get(info.block_rv)
+    kinds = info.dom_kind()
+    if kinds.count("R") != 1 or "O" in kinds or len(block.writes) != 1:
+        return None
+    ivars = [iv.var for iv in block.iter_vars]
+    k_iter = kinds.index("R")
+    k_var = ivars[k_iter]
+    spatial = [i for i, c in enumerate(kinds) if c == "S"]
+    # output indexed by the spatial iters in order; unit dims (M = 1) show up as constants
+    out_idx = [r.min for r in block.writes[0].region if not isinstance(r.min, tirx.IntImm)]
+    if len(out_idx) != len(spatial) or any(not e.same_as(ivars[i]) for e, i in zip(out_idx, spatial)):
+        return None
+    n_iter = None
+    for read in block.reads:
+        idx = [r.min for r in read.region]
+        if not any(_uses(e, k_var) for e in idx):
+            continue  # e.g. a bias
+        # k exactly the last index and nowhere else: contiguous vector loads
+        if not idx[-1].same_as(k_var) or any(_uses(e, k_var) for e in idx[:-1]):
+            return None
+        if len(idx) == 2 and any(idx[0].same_as(ivars[i]) for i in spatial):
+            j = next(i for i in spatial if idx[0].same_as(ivars[i]))
+            if out_idx[-1].same_as(ivars[j]):  # W[n, k] with n the output column
+                if n_iter not in (None, j):
+                    return None
+                n_iter = j
+    if n_iter is None:
+        return None
+    n_var = ivars[n_iter]
+    has_x = False
+    for read in block.reads:  # only W[n, k] may depend on n; some x[.., k] must not
+        idx = [r.min for r in read.region]
+        on_n = any(_uses(e, n_var) for e in idx)
+        if on_n and not (len(idx) == 2 and idx[0].same_as(n_var)):
+            return None
+        has_x |= not on_n and _uses(idx[-1], k_var)
+    if not has_x:
+        return None  # a plain row sum, not a product
+    return _NTMatmul([i for i in spatial if i != n_iter], n_iter, k_iter)
+
+
+def _const(e) -> int | None:
+    """A static extent as int, None when symbolic."""
+    return int(e) if isinstance(e, (int, tirx.IntImm)) else None
+
+
+# --------------------------------------------------------------------------------------------
+# The rule
+# --------------------------------------------------------------------------------------------
+class NTMatmulCPU(dl.ScheduleRule):
+    """dlight rule: schedule ``epilogue(prologue(x) @ W.T)`` for llvm (see the module doc).
+
+    ``tile`` forces one tile for every matmul (benchmarks); by default ``choose_tile`` picks one
+    per shape and target. ``block_bytes`` bounds the weight rows one task sweeps for all its
+    row tiles (kept in L2 while x streams past).
+    """
+
+    def __init__(self, tile: Tile | None = None, block_bytes: int = 256 * 1024):
+        self.tile = tile
+        self.block_bytes = block_bytes
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        try:
+            return self._apply(func, target)
+        except (RuntimeError, ValueError):  # ScheduleError, TVM errors: leave it unscheduled
+            return None
+
+    def _apply(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None or sum(b.is_reduction() for b in infos) != 1:
+            return None
+        main = next(b for b in infos if b.is_reduction())
+        pattern = match_nt_matmul(sch, main)
+        if pattern is None:
+            return None
+        ext = [it.dom for it in main.iters]
+        n, k = _const(ext[pattern.n_iter]), _const(ext[pattern.k_iter])
+        m_ext = [_const(ext[i]) for i in pattern.m_iters]
+        if n is None or k is None:
+            return None
+        tile = self.tile or choose_tile(None if None in m_ext else math.prod(m_ext), n, k, target)
+        if tile is None or n % tile.cols or k % tile.lanes:
+            return None
+        main_rv = main.block_rv
+
+        # Row tile: the innermost m iter; other m iters (a unit batch dim) stay outer loops.
+        # Padding comes first, while every read is still a plain buffer[i, k] (pad_einsum's
+        # requirement; an inlined dequantize reads q[n, k // 8]).
+        row_iter = pattern.m_iters[-1] if pattern.m_iters else None
+        row_ext = m_ext[-1] if pattern.m_iters else 1
+        rows = tile.rows if row_ext is None else min(tile.rows, row_ext)
+        copies = []
+        if row_iter is not None and (row_ext is None or row_ext % rows):
+            copies = self._pad_rows(sch, main_rv, row_iter, rows, len(ext))
+        # Prologues go into the x loads (or the x copies; a dequantize into the W loads), the
+        # padded output's writeback and epilogue chains into their last block (the first block
+        # after a reduction cannot be inlined: it stays, and is computed per tile below).
+        # A dequantize producer (group-quantized W, rows > 1) stays a block: it is computed once
+        # per task into a fp32 scratch block of W rows that every row tile then reuses. Inlined,
+        # it would unpack each weight again for every 4 tokens.
+        deq = _dequantize_producer(sch, main_rv) if row_iter is not None else None
+        keep = {sch.get(b).name_hint for b in [main_rv, *copies] + ([deq] if deq else [])}
+        _inline_spatial(sch, keep)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        names = [sch.get(b).name_hint for b in blocks]
+        pos = names.index(sch.get(main_rv).name_hint)
+        tail = blocks[pos + 1:]  # consumers, in dataflow order
+        for copy in copies:
+            _parallel_vectorized(sch, copy, tile.lanes)
+
+        loops = sch.get_loops(main_rv)
+        sch.reorder(*[loops[i] for i in pattern.m_iters], loops[pattern.n_iter], loops[pattern.k_iter])
+        ko, ki = sch.split(loops[pattern.k_iter], [None, tile.lanes])
+        out_ndim = len(sch.get(main_rv).writes[0].region)
+        rf = sch.rfactor(ki, factor_axis=out_ndim)  # accumulators (..m.., n, lane): lanes contiguous
+        *outer, col, ko, ki = sch.get_loops(rf)
+        row = outer.pop() if row_iter is not None else None
+        col_tiles = n // tile.cols
+        per_task = _largest_divisor(col_tiles, max(1, self.block_bytes // (tile.cols * k * 4)))
+        col_oo, col_oi, col_i = sch.split(col, [None, per_task, tile.cols])
+        if row is not None and deq is not None:
+            # tasks = blocks of W rows; the token tiles run serially inside, over the hot block
+            row_o, row_i = sch.split(row, [None, rows])
+            sch.reorder(*outer, col_oo, row_o, col_oi, ko, row_i, col_i, ki)
+            par = sch.fuse(*outer, col_oo) if outer else col_oo
+            sch.unroll(row_i)
+            sch.compute_at(deq, par)
+            *_, deq_k = sch.get_loops(deq)
+            if k % tile.lanes == 0:
+                sch.vectorize(sch.split(deq_k, [None, tile.lanes])[1])
+        elif row is not None:
+            row_o, row_i = sch.split(row, [None, rows])
+            sch.reorder(*outer, col_oo, row_o, col_oi, ko, row_i, col_i, ki)
+            par = sch.fuse(*outer, col_oo, row_o)
+            sch.unroll(row_i)
+        else:
+            sch.reorder(*outer, col_oo, col_oi, ko, col_i, ki)
+            par = sch.fuse(*outer, col_oo) if outer else col_oo
+        sch.parallel(par)
+        sch.unroll(col_i)
+        sch.vectorize(ki)
+        sch.set_scope(rf, 0, "local")
+        # lane sums, the padded-output writeback and the epilogue run per task, on hot outputs
+        sch.reverse_compute_at(main_rv, col_oi)
+        for blk in tail:
+            try:
+                sch.reverse_compute_at(blk, col_oi)
+            except RuntimeError:
+                break  # not tileable (reads other outputs): it and the rest stay whole-tensor loops
+        sch.decompose_reduction(rf, ko)
+        return sch
+
+    @staticmethod
+    def _pad_rows(sch: s_tir.Schedule, main_rv, row_iter: int, rows: int, n_iters: int) -> list:
+        """Pad the row count to a multiple of ``rows`` (symbolic T, or T % rows != 0).
+
+        pad_einsum adds a zero-padded copy of each x input (returned) and a writeback of the
+        padded output (inlined into the epilogue when there is one, else computed per tile)."""
+        old = {sch.get(b).name_hint for b in sch.get_producers(main_rv)}
+        sch.pad_einsum(main_rv, [rows if i == row_iter else 1 for i in range(n_iters)])
+        return [b for b in sch.get_producers(main_rv) if sch.get(b).name_hint not in old]
+
+
+def _dequantize_producer(sch: s_tir.Schedule, main_rv):
+    """The spatial block that feeds the matmul dequantized weights (it reads a uint32 buffer)."""
+    for block in sch.get_producers(main_rv):
+        stmt = sch.get(block)
+        if any(r.source.dtype == "uint32" for r in stmt.reads) and all(
+                iv.iter_type == tirx.IterVar.DataPar for iv in stmt.iter_vars):
+            return block
+    return None
+
+
+def _inline_spatial(sch: s_tir.Schedule, keep: set) -> None:
+    """compute_inline / reverse_compute_inline every root block not named in ``keep`` until
+    nothing more goes (dlight's try_inline, on the live block list)."""
+    progress = True
+    while progress:
+        progress = False
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            if sch.get(block).name_hint in keep:
+                continue
+            for inline in (sch.compute_inline, sch.reverse_compute_inline):
+                try:
+                    inline(block)
+                except RuntimeError:
+                    continue
+                progress = True
+                break
+            if progress:
+                break
+
+
+def schedule_matmuls(tile: Tile | None = None):
+    """The schedule pass alone (needs a target in scope: ``with target:``)."""
+    return dl.ApplyDefaultSchedule(NTMatmulCPU(tile))
+
+
+def _parallel_vectorized(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """An elementwise copy: outer loops fused and parallel, the inner loop vectorised."""
+    *outer, inner = sch.get_loops(block)
+    inner_ext = _const(sch.get(inner).extent)
+    if outer and inner_ext is not None and inner_ext % lanes == 0:
+        sch.vectorize(sch.split(inner, [None, lanes])[1])
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])

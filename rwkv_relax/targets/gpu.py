@@ -1,0 +1,48 @@
+"""The Relax pipeline shared by the GPU targets (cuda, metal, iphone, android, webgpu, vulkan):
+re-target our hand-written kernels to their thread-bound GPU forms, fuse, schedule everything
+else with dlight, lower."""
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.backend import gpu_generic
+from tvm.s_tir import dlight as dl
+
+from .retarget import retarget_kernels
+
+
+class SafeMatmul(dl.gpu.Matmul):
+    """dlight's Matmul rule without its tensor-core branches, which crash the 0.27 compiler
+    (segfault in Tensorize) for fp16 prefill matmuls on cuda sm_80+ and for metal: CUDA is
+    scheduled as for a pre-tensor-core arch; metal declines and GEMV/Fallback take over."""
+
+    def apply(self, func, target, tunable):
+        if target.kind.name == "metal":
+            return None
+        if target.kind.name == "cuda":
+            attrs = {k: v for k, v in target.export().items() if k not in ("keys", "tag", "host")}
+            attrs["arch"] = "sm_61"
+            target = tvm.target.Target(attrs)
+        return super().apply(func, target, tunable)
+
+
+def schedule_rules():
+    return [SafeMatmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(4), dl.gpu.Reduction(),
+            dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+
+
+def gpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name="RWKVGPUPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            seq = [retarget_kernels(lambda _: "gpu")] + gpu_generic.library_dispatch_passes(target) + [
+                relax.transform.FuseTransposeMatmul(),
+                relax.transform.LegalizeOps(),
+                relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(),
+                relax.transform.FuseOps(),
+                relax.transform.FuseTIR(),
+                dl.ApplyDefaultSchedule(*schedule_rules()),
+            ] + gpu_generic.dataflow_lower_passes(target) + gpu_generic.finalize_passes(target)
+            return tvm.transform.Sequential(seq)(mod)
+    return _pipeline

@@ -1,0 +1,1 @@
+"""One folder per RWKV version (see :mod:`rwkv_relax.registry` for what each holds)."""

@@ -1,0 +1,90 @@
+"""Checkpoint -> the parameters of a compiled library, without the compiler.
+
+The runtime loads a raw checkpoint with this, and ``convert_weight`` writes a tensor cache with
+it: both walk the library's parameter list (its ``_metadata["params"]``, or the compiler's view of
+the same model) and make each entry from the version's name table. Parameters the quantization
+swapped in come in pairs, ``X.q_weight`` + ``X.q_scale``, made from the table's ``X.weight``.
+Everything is read as float32 and cast once at the end: quantizing fp16-rounded weights would
+round twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .errors import CheckpointError, ConfigError
+from .loaders import CanonicalView, detect, open_checkpoint
+from .quantization import get_mode
+from .quantization import group_quant as gq
+from .registry import ModelSpec, get_spec
+
+QUANTIZED_SUFFIXES = ("q_weight", "q_scale")
+
+
+@dataclasses.dataclass
+class Weights:
+    """A checkpoint with its detected version, layout (as a canonical view) and inferred config."""
+
+    spec: ModelSpec
+    view: CanonicalView
+    config: object
+
+    @property
+    def path(self) -> Path:
+        return self.view.path
+
+
+def open_weights(path: str | Path, overrides: dict | None = None) -> Weights:
+    """Open, detect and check a checkpoint (names and shapes only: a bad checkpoint fails here,
+    before minutes of compilation)."""
+    ckpt = open_checkpoint(path)
+    name, view = detect(ckpt)
+    spec = get_spec(name)
+    config = spec.names.infer_config(view, **(overrides or {}))
+    spec.names.table(config).check(view)
+    return Weights(spec, view, config)
+
+
+def check_matches(weights: Weights, model_type: str, built: dict) -> None:
+    """A checkpoint must be of the library's version and shapes."""
+    if weights.spec.name != model_type:
+        raise ConfigError(f"checkpoint {weights.path} is {weights.spec.name.upper()}, but the library was built "
+                          f"for {model_type.upper()}; build a library for it")
+    for key, value in built.items():
+        if key in ("n_layer", "n_embd", "vocab_size", "head_size") or key.startswith("dim_"):
+            have = getattr(weights.config, key, value)
+            if have != value:
+                raise ConfigError(f"checkpoint {weights.path} has {key}={have} but the library was built "
+                                  f"for {key}={value}; build a library for this checkpoint")
+
+
+def library_params(weights: Weights, config, params: Sequence[dict], quantization: str
+                   ) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(name, array)`` for every entry of ``params`` (``[{"name", "shape", "dtype"}]``, the
+    library's order) from ``weights``, with the numerics of ``config`` (e.g. rescale_every), one
+    tensor (pair) at a time."""
+    mode = get_mode(quantization)
+    table = weights.spec.names.table(config)
+    pending: dict[str, dict[str, np.ndarray]] = {}
+    for p in params:
+        name, shape, dtype = p["name"], tuple(p["shape"]), p["dtype"]
+        base, _, suffix = name.rpartition(".")
+        if suffix in QUANTIZED_SUFFIXES:
+            if not mode.quantized:
+                raise ConfigError(f"parameter {name} is quantized but the mode {quantization} is not")
+            if base not in pending:
+                w = table.read(weights.view, base + ".weight")
+                pending[base] = dict(zip(QUANTIZED_SUFFIXES, gq.quantize(
+                    w, mode.weight_bits, mode.group_size, mode.act_dtype)))
+            array = pending[base].pop(suffix)
+            if not pending[base]:
+                del pending[base]
+        else:
+            array = table.read(weights.view, name)
+        if tuple(array.shape) != shape:
+            raise CheckpointError(f"{weights.path}: parameter {name} comes out as {tuple(array.shape)}, "
+                                  f"the library wants {shape}")
+        yield name, array.astype(dtype, copy=False)
