@@ -19,10 +19,14 @@ from rwkv_relax.targets import get_target
 from rwkv_relax.testing.opencl_runner import AndroidBuild, OpenCLUnavailable, open_device
 from tir_kernels.wkv4 import STATE_ROWS, wkv4_numpy, wkv4_ragged_numpy
 from tir_kernels.wkv5 import wkv5_numpy, wkv5_ragged_numpy
+from tir_kernels.wkv7 import wkv7_numpy, wkv7_ragged_numpy
 
 ARCHS = {
     "rwkv5": dict(n_layer=1, n_embd=128, vocab_size=1000, dim_ffn=448),  # H = 2, N = 64 (real head size)
     "rwkv4": dict(n_layer=1, n_embd=96, vocab_size=1000, dim_ffn=384),  # C = 96: a tail in WKV4's 64-wide blocks
+    # two layers: layer 0 has no value-residual LoRA, layer 1 does
+    "rwkv7": dict(n_layer=2, n_embd=128, vocab_size=1000, dim_ffn=384, dim_decay_lora=24, dim_a_lora=40,
+                  dim_v_lora=16, dim_gate_lora=48),
 }
 # values for the symbolic sizes: seq_len / total_len tokens, batch_size / batch / B sequences
 # (in batch decode, batch_size is both); vocab 1000 leaves a tail in the head matmul's tiles
@@ -34,7 +38,8 @@ RTOL = 1e-5  # of the reference's largest magnitude; fp32 sums of up to 448 term
 COMMON = [r"embedding", r"(fused_)?NT_matmul\w*", r"layer_norm\d*", r"token_shift\d*",
           r"token_shift_ragged\d*", r"last_tokens?\d*", r"rnn_state_get_\d+", r"rnn_state_set_\d+"]
 FAMILIES = {"rwkv5": COMMON + ["wkv5", "wkv5_ragged", r"group_norm\d*"],
-            "rwkv4": COMMON + ["wkv4", "wkv4_ragged"]}
+            "rwkv4": COMMON + ["wkv4", "wkv4_ragged"],
+            "rwkv7": COMMON + ["wkv7", "wkv7_ragged", r"group_norm\d*"]}
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +82,13 @@ def realistic(func: str, param: str, shape, dtype, sizes, rng):
             return np.stack([rng.standard_normal(row),
                              rng.uniform(0.5, 4.0, row),  # bb: a sum of exps, > 0, or the division blows up
                              rng.standard_normal(row) * 3])  # pp: a running exponent of either sign
+    if func.startswith("wkv7"):
+        if param == "w":
+            return rng.uniform(0.55, 0.999, shape)  # exp(-e^-0.5 sigmoid(.)), in (0.545, 1)
+        if param in ("a", "b"):  # a = -kappa, b = kappa * rate: unit key directions per head
+            kappa = rng.standard_normal(shape)
+            kappa /= np.linalg.norm(kappa, axis=-1, keepdims=True)
+            return -kappa if param == "a" else kappa * rng.uniform(0, 1, shape)
     if param == "arange":  # seg_one_token_each's output: start it unlike what the kernel writes
         return np.full(shape, -1)
     return None
@@ -117,6 +129,26 @@ def test_wkv5_ragged_matches_numpy(builds, device, rng, tokens, seqs):
     [name] = build.find("wkv5_ragged")
     c = build.check(name, {"total_len": tokens, "batch": seqs}, rng, device, realistic)
     out, s = wkv5_ragged_numpy(*(c.input(p) for p in ("r", "k", "v", "w", "u", "s_in", "seg_last")))
+    assert rel_err(c["out"], out) < RTOL
+    assert rel_err(c["s_out"], s) < RTOL
+
+
+@pytest.mark.parametrize("T", [1, 17])
+def test_wkv7_matches_numpy(builds, device, rng, T):
+    build = builds("rwkv7")
+    [name] = build.find("wkv7")
+    c = build.check(name, {"seq_len": T}, rng, device, realistic)
+    out, s = wkv7_numpy(*(c.input(p) for p in ("r", "w", "k", "v", "a", "b", "s_in")))
+    assert rel_err(c["out"], out) < RTOL
+    assert rel_err(c["s_out"], s) < RTOL
+
+
+@pytest.mark.parametrize("tokens,seqs", [(17, 3), (3, 3)])
+def test_wkv7_ragged_matches_numpy(builds, device, rng, tokens, seqs):
+    build = builds("rwkv7")
+    [name] = build.find("wkv7_ragged")
+    c = build.check(name, {"total_len": tokens, "batch": seqs}, rng, device, realistic)
+    out, s = wkv7_ragged_numpy(*(c.input(p) for p in ("r", "w", "k", "v", "a", "b", "s_in", "seg_last")))
     assert rel_err(c["out"], out) < RTOL
     assert rel_err(c["s_out"], s) < RTOL
 

@@ -159,3 +159,45 @@ def test_bad_input_is_one_line_error(work):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: --tokens takes comma-separated integers, not '1,x'"]
 
+
+SHAPE7 = dict(n_layer=3, n_embd=128, vocab_size=512, head_size=64, dim_decay_lora=24, dim_a_lora=16,
+              dim_v_lora=32, dim_gate_lora=40, seed=22)
+
+
+@pytest.fixture(scope="module")
+def work7(tmp_path_factory):
+    """RWKV-7: clean, layer 1's time mix corrupted, layer 1's channel mix overflowing fp16."""
+    from rwkv_relax.versions.rwkv7.random import random_tensors
+    root = tmp_path_factory.mktemp("dump7")
+    paths = {"clean": write_checkpoint(random_tensors(**SHAPE7), root / "clean.pth"), "cache": root / "cache"}
+    t = random_tensors(**SHAPE7)
+    t["blocks.1.att.output.weight"] *= 1.5
+    paths["corrupt1"] = write_checkpoint(t, root / "corrupt1.pth")
+    t = random_tensors(**SHAPE7)
+    t["blocks.1.ffn.key.weight"] *= OVERFLOW_GAIN
+    t["blocks.1.ffn.value.weight"] /= OVERFLOW_GAIN ** 2
+    paths["overflow1"] = write_checkpoint(t, root / "overflow1.pth")
+    return paths
+
+
+@pytest.mark.parametrize("mode", ["q0f32", "q0f16"])
+def test_rwkv7_layer_by_layer(tool, capsys, work7, mode):
+    code, out = run_tool(tool, capsys, "--model", work7["clean"], "--quantization", mode, "--cache-dir", work7["cache"])
+    assert code == 0 and all(r[2] == "ok" for r in rows(out)) and len(rows(out)) == 3 * SHAPE7["n_layer"] + 1, out
+    code, out = run_tool(tool, capsys, "--model", work7["corrupt1"], "--reference-checkpoint", work7["clean"],
+                         "--quantization", mode, "--cache-dir", work7["cache"])
+    assert code == 1 and rows(out)[-1] == ("1", "time-mix output", "FAIL"), out
+    if mode == "q0f16":
+        code, out = run_tool(tool, capsys, "--model", work7["overflow1"], "--quantization", mode,
+                             "--cache-dir", work7["cache"])
+        assert code == 1 and rows(out)[-1] == ("1", "channel-mix output", "FAIL") and "--fp32-layers 1" in out, out
+
+
+def test_rwkv7_chatrwkv_logits(tool, capsys, work7):
+    """The RWKV-7 numpy reference against the rwkv package's RWKV_x070 (in its own process)."""
+    code, out = run_tool(tool, capsys, "--model", work7["clean"], "--tokens", "5,17,300,2,2,41", "--chatrwkv",
+                         "--cache-dir", work7["cache"])
+    assert code == 0, out
+    ours, numpy_ref = map(float, re.search(r"rwkv package \(cpu fp32\) logits vs ours: max\|diff\| (\S+), "
+                                           r"vs the numpy reference: (\S+) ", out).groups())
+    assert ours < 1e-4 and numpy_ref < 1e-4

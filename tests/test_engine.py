@@ -313,3 +313,31 @@ def test_rwkv4_with_hf_tokenizer_generates_and_chats(factory):
     assert session.messages[-2] == {"role": "user", "content": "How are you?"}
     assert session.stats.prefill_tokens > 0 and session.stats.decode_tokens > 0
 
+
+WORLD7_SHAPE = dict(n_layer=2, n_embd=128, vocab_size=65536, head_size=64, dim_decay_lora=16, dim_a_lora=16,
+                    dim_v_lora=8, dim_gate_lora=32, seed=13)
+
+
+def test_rwkv7_generates_chats_and_saves_state(factory, tmp_path):
+    """The runtime is version-blind: an RWKV-7 World model directory generates (deterministic with a
+    seed), chats prefilling only the new turn, and its state file continues the conversation exactly."""
+    from rwkv_relax.tokenizer import default_world_vocab
+    vocab = default_world_vocab()
+    if vocab is None:
+        pytest.skip("the rwkv package (which ships the World vocab) is not installed")
+    model_dir = make_model_dir(factory, "rwkv7", "engine", "q4f16_1", "rwkv-world", vocab, **WORLD7_SHAPE)
+    engine = Engine(model_dir, factory.library(model_dir))
+    assert engine.model.metadata["model_type"] == "rwkv7"
+    first = "".join(engine.generate("The capital of France is", max_tokens=12, seed=3))
+    assert first == "".join(engine.generate("The capital of France is", max_tokens=12, seed=3))
+    assert engine.stats.decode_tokens > 0
+    chat = engine.chat_session(seed=5, max_tokens=8)
+    "".join(chat.send("Hello there!"))
+    fed = chat.n_tokens
+    "".join(chat.send("And again?"))
+    assert chat.stats.prefill_tokens < chat.n_tokens - fed + 16  # only the new turn (and template) prefilled
+    path = chat.save(tmp_path / "chat.safetensors")
+    after = "".join(chat.send("One more."))
+    again = engine.chat_session(seed=5, max_tokens=8)
+    again.load(path)
+    assert "".join(again.send("One more.")) == after

@@ -11,9 +11,12 @@ from rwkv_relax.testing.random_weights import write_checkpoint
 from rwkv_relax.versions.rwkv5.random import random_tensors as rwkv5_tensors
 
 GAIN = 400.0  # layer-0 channel-mix key gain: relu(k)^2 reaches ~1e6, past fp16's 65504
-SHAPES = {"rwkv5": dict(n_layer=3, n_embd=128, vocab_size=1024, seed=4)}
+SHAPES = {"rwkv5": dict(n_layer=3, n_embd=128, vocab_size=1024, seed=4),
+          "rwkv7": dict(n_layer=3, n_embd=128, vocab_size=1024, dim_decay_lora=16, dim_a_lora=24,
+                        dim_v_lora=8, dim_gate_lora=32, seed=4)}
 # what each version keeps in fp32 in an fp16 model: decay, bonus / rates, ln_x; and its WKV state
-FP32_PARAMS = {"rwkv5": ("att.time_decay", "att.time_faaaa", "att.ln_x_weight", "att.ln_x_bias")}
+FP32_PARAMS = {"rwkv5": ("att.time_decay", "att.time_faaaa", "att.ln_x_weight", "att.ln_x_bias"),
+               "rwkv7": ("att.w0", "att.a0", "att.k_k", "att.k_a", "att.r_k", "att.ln_x_weight", "att.ln_x_bias")}
 
 
 @pytest.fixture(scope="module", params=list(SHAPES))

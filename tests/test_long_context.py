@@ -14,7 +14,9 @@ import pytest
 from rwkv_relax import load_model
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_long_context.py"
-SHAPES = {"rwkv5": dict(n_layer=2, n_embd=64, vocab_size=1024, head_size=32, seed=5)}
+SHAPES = {"rwkv5": dict(n_layer=2, n_embd=64, vocab_size=1024, head_size=32, seed=5),
+          "rwkv7": dict(n_layer=2, n_embd=64, vocab_size=1024, head_size=32, dim_decay_lora=16, dim_a_lora=16,
+                        dim_v_lora=8, dim_gate_lora=24, seed=5)}
 LENGTHS = (10, 1_000, 10_000, 100_000)
 MAX_RSS_GROWTH = 0.05  # relative, 10K -> 100K tokens
 # absolute, 10K -> 100K: one chunk's (512 x 64 fp32) activations leaked per chunk would be 22 MiB

@@ -24,9 +24,11 @@ from rwkv_relax.versions.rwkv5.random import random_tensors as rwkv5_tensors
 
 SHAPE = dict(n_layer=2, n_embd=192, vocab_size=1536, head_size=64, dim_ffn=672, seed=11)
 SHAPE4 = dict(n_layer=2, n_embd=160, vocab_size=1001, dim_ffn=608, seed=12)  # odd vocab: GEMV tail rows
-ARCH_SHAPES = {"rwkv5": SHAPE, "rwkv4": SHAPE4}
+SHAPE7 = dict(n_layer=3, n_embd=192, vocab_size=1201, dim_ffn=704, dim_decay_lora=40, dim_a_lora=24,
+              dim_v_lora=56, dim_gate_lora=72, seed=13)
+ARCH_SHAPES = {"rwkv5": SHAPE, "rwkv4": SHAPE4, "rwkv7": SHAPE7}
 # a parameter each version keeps in fp32 whatever the mode (the decay, in its load-time form)
-FP32_PARAM = {"rwkv5": "blocks.0.att.time_decay", "rwkv4": "blocks.0.att.time_decay"}
+FP32_PARAM = {"rwkv5": "blocks.0.att.time_decay", "rwkv4": "blocks.0.att.time_decay", "rwkv7": "blocks.0.att.w0"}
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -80,6 +82,9 @@ def test_compiled_matches_float64_model_on_dequantized_weights(factory, rng, mod
     assert params[FP32_PARAM[arch]].dtype == np.float32
     if get_mode(mode).quantized:
         assert any(n.endswith("q_weight") for n in params)
+    if arch == "rwkv7":  # the LoRA factors are never quantized (llama.cpp's policy too)
+        assert params["blocks.1.att.v_lora.down"].shape == (SHAPE7["dim_v_lora"], SHAPE7["n_embd"])
+        assert params["blocks.1.att.v_lora.down"].dtype == np.dtype(get_mode(mode).act_dtype)
     ref = get_spec(arch).reference(model.metadata["model_config"],
                                    dequantized_params(params, get_mode(mode).weight_bits))
     tokens = rng.integers(0, shape["vocab_size"], 40)

@@ -15,7 +15,9 @@ from rwkv_relax.targets import PRESETS, get_target
 from rwkv_relax.testing import artifacts
 
 ARCHS = {"rwkv5": dict(n_layer=2, n_embd=128, vocab_size=1024, dim_ffn=448),
-         "rwkv4": dict(n_layer=2, n_embd=128, vocab_size=1024, dim_ffn=512)}
+         "rwkv4": dict(n_layer=2, n_embd=128, vocab_size=1024, dim_ffn=512),
+         "rwkv7": dict(n_layer=2, n_embd=128, vocab_size=1024, dim_ffn=512, dim_decay_lora=32, dim_a_lora=32,
+                       dim_v_lora=16, dim_gate_lora=64)}
 MODES = ["q0f16", "q4f16_1"]
 
 

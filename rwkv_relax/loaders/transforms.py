@@ -58,3 +58,15 @@ def rescaled(layer: int, every: int):
         return identity
     return functools.partial(rescale_residual_weight, divisor=float(2 ** (layer // every)))
 
+
+def lora_factor(w: np.ndarray) -> np.ndarray:
+    """BlinkDL stores RWKV-7's LoRA factors as plain matrices applied as ``x @ W`` (w1: (C, D),
+    w2: (D, C)); the model applies them as linear layers, ``x @ W.T``, so that they run through
+    the same matmul schedule as the big projections (weight rows contiguous along the reduction)."""
+    return np.ascontiguousarray(w.T)
+
+
+def squeeze_float32(x: np.ndarray) -> np.ndarray:
+    """Per-channel biases and scales that feed fp32 math (decay, rates, the L2-normalised key) are
+    stored (1, 1, C) or (H, N); the model reads them flat, in fp32 whatever the model dtype."""
+    return x.reshape(-1).astype(np.float32)

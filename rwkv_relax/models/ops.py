@@ -46,6 +46,18 @@ def wkv5(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, s: Tensor, seg_l
                            [Tensor.placeholder([T, H, N], F32), Tensor.placeholder(s.shape, F32)])
 
 
+def wkv7(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s: Tensor, seg_last):
+    """RWKV-7 WKV (tir_kernels/wkv7.py). r, w, k, v, a, b: (T, H, N) fp32; s: (B, H, N, N)
+    [h, value, key] -> out (T, H, N), new s (B, H, N, N)."""
+    T, H, N = r.shape
+    if seg_last is None:
+        out, s_new = op.tensor_ir_op(kernel("wkv7", H, N), "wkv7", [r, w, k, v, a, b, op.reshape(s, [H, N, N])],
+                                     [Tensor.placeholder([T, H, N], F32), Tensor.placeholder([H, N, N], F32)])
+        return out, op.reshape(s_new, [1, H, N, N])
+    return op.tensor_ir_op(kernel("wkv7_ragged", H, N), "wkv7_ragged", [r, w, k, v, a, b, s, seg_last],
+                           [Tensor.placeholder([T, H, N], F32), Tensor.placeholder(s.shape, F32)])
+
+
 def state_copy(shape, dtype: str, direction: str):
     """The RNNState get/set kernel for one state entry (tir_kernels/rnn_state.py)."""
     return kernel("state_copy", shape, dtype, direction)

@@ -26,8 +26,21 @@ class SafeMatmul(dl.gpu.Matmul):
         return super().apply(func, target, tunable)
 
 
+class SafeGEMV(dl.gpu.GEMV):
+    """dlight's GEMV rule, declining where it crashes: with a symbolic batch, a per-row dot
+    product that reads a (H, N) vector (RWKV-7's bonus ``sum(r * k * r_k)``) looks like a GEMV
+    to it, and its thread split then fails on a symbolic extent (``'FloorDiv' object has no
+    attribute 'value'`` in 0.27). The reduction rules after it schedule such functions."""
+
+    def apply(self, func, target, tunable):
+        try:
+            return super().apply(func, target, tunable)
+        except AttributeError:
+            return None
+
+
 def schedule_rules():
-    return [SafeMatmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(4), dl.gpu.Reduction(),
+    return [SafeMatmul(), SafeGEMV(), dl.gpu.LowBatchGEMV(4), dl.gpu.Reduction(),
             dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
 
 
