@@ -120,6 +120,45 @@ def decode_weight_bytes(params: dict) -> int:
     return total
 
 
+def prefill_flops_per_token(params: dict) -> float:
+    """2 x the weights every prefill token multiplies (the head runs on the last token only)."""
+    return 2.0 * sum(shape[0] * shape[1] for name, (shape, _) in params.items()
+                     if len(shape) == 2 and not name.startswith(("embeddings.", "head.")))
+
+
+@functools.cache
+def fma_peak() -> float:
+    """fp32 FLOP/s of independent vector FMA chains on TVM's thread pool (the prefill ceiling)."""
+    import tvm
+    from tvm.script import tirx as T
+
+    from rwkv_relax.runtime.threads import use_all_cpus
+    n_threads, chains, lanes, iters = use_all_cpus(), 16, 16, 2_000_000
+
+    @T.prim_func
+    def fmas(x: T.Buffer((2,), "float32"), o: T.Buffer((n_threads, chains, lanes), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for t in T.parallel(n_threads):
+            acc = T.alloc_buffer((chains, lanes), "float32", scope="local")
+            for c in T.unroll(chains):
+                for lane in T.vectorized(lanes):
+                    acc[c, lane] = T.Cast("float32", c)
+            for _ in range(iters):
+                for c in T.unroll(chains):
+                    for lane in T.vectorized(lanes):
+                        acc[c, lane] = acc[c, lane] * x[0] + x[1]
+            for c in T.unroll(chains):
+                for lane in T.vectorized(lanes):
+                    o[t, c, lane] = acc[c, lane]
+
+    cpu = tvm.get_global_func("target.llvm_get_system_cpu")()
+    fn = tvm.compile(tvm.IRModule({"main": fmas}), {"kind": "llvm", "mcpu": cpu})["main"]
+    x = tvm.runtime.tensor(np.array([0.999999, 1e-7], np.float32))
+    o = tvm.runtime.tensor(np.zeros((n_threads, chains, lanes), np.float32))
+    fn(x, o)
+    return 2 * n_threads * chains * lanes * iters / timed(lambda: fn(x, o), 1)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from rwkv_relax.registry import VERSIONS
@@ -135,6 +174,12 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default="q0f32",
                    help="comma-separated quantization modes to time (e.g. q0f32,q0f16,q8f16_1,q4f16_1)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds over the modes")
+    p.add_argument("--llama-cpp", default=None, metavar="PYTHON",
+                   help="RWKV-7 only: also time llama.cpp, through this interpreter's llama_cpp "
+                        "(llama-cpp-python built on this machine; see tools/llama_cpp_peer.py)")
+    p.add_argument("--llama-cpp-convert", default=None, metavar="PATH",
+                   help="llama.cpp's convert_hf_to_gguf.py (vendor/llama.cpp/ in the llama-cpp-python sdist)")
+    p.add_argument("--llama-cpp-types", default="f32,f16,q8_0", help="GGUF types to time")
     p.add_argument("--tokenizer", action="store_true",
                    help="also time World tokenizer encode against ChatRWKV's TRIE_TOKENIZER (1 MB)")
     args = p.parse_args(argv)
@@ -170,6 +215,15 @@ def main(argv=None) -> int:
     bandwidth = copy_bw = 0.0
     bytes_per_step = {}
     states = {}
+    peer, ggufs = None, {}
+    if args.llama_cpp:
+        import llama_cpp_peer  # tools/ is on sys.path when this file runs as a script
+        if args.model_type != "rwkv7" or not args.llama_cpp_convert:
+            p.error("--llama-cpp times RWKV-7 and needs --llama-cpp-convert")
+        ggufs = llama_cpp_peer.convert(ckpt, work / "llama", args.llama_cpp, args.llama_cpp_convert,
+                                       args.llama_cpp_types.split(","))
+        peer = llama_cpp_peer.Peer(args.llama_cpp, threads=use_all_cpus())
+    peer_best = {t: [0.0, 0.0] for t in ggufs}
     for mode, model in models.items():
         params = {p["name"]: (p["shape"], p["dtype"]) for p in model.metadata["params"]}
         bytes_per_step[mode] = decode_weight_bytes(params)
@@ -184,9 +238,16 @@ def main(argv=None) -> int:
             prefill = args.prefill / timed(lambda: model.advance(model.new_state(), prompt), 1)
             best[mode] = [max(best[mode][0], decode), max(best[mode][1], prefill)]
             shares[mode].append(ceiling_shares(decode, bytes_per_step[mode], probes))
+        for kind, gguf in ggufs.items():  # llama.cpp in the same rounds, on the same prompt
+            pre, dec = peer.round(gguf, prompt, rng.integers(1, args.vocab, args.decode_steps).tolist())
+            peer_best[kind] = [max(peer_best[kind][0], dec), max(peer_best[kind][1], pre)]
     rows = []
     for mode in models:
         rows.append((f"ours (llvm {mode})", *best[mode], bytes_per_step[mode], np.median(shares[mode], axis=0)))
+    if peer is not None:
+        peer.close()
+    float_params = {p["name"]: (p["shape"], p["dtype"]) for p in export(resolve_model(str(ckpt)), "q0f32")[1]["params"]}
+    flops = prefill_flops_per_token(float_params)
     models = states = None
 
     if not args.skip_reference:
@@ -196,8 +257,7 @@ def main(argv=None) -> int:
         def ref_step():
             nonlocal rstate
             _, rstate = ref.forward([int(rng.integers(args.vocab))], rstate)
-        fp32_bytes = decode_weight_bytes({p["name"]: (p["shape"], p["dtype"])
-                                          for p in export(resolve_model(str(ckpt)), "q0f32")[1]["params"]})
+        fp32_bytes = decode_weight_bytes(float_params)
         probes = probe_bandwidths()
         decode = 1 / timed(ref_step, args.decode_steps)
         rows.append(("rwkv package (cpu fp32)", decode, args.prefill / timed(lambda: ref.forward(prompt, None), 1),
@@ -222,6 +282,19 @@ def main(argv=None) -> int:
         for name, dec, pre, *_ in rows:
             if name.startswith("ours") and name != base[0]:
                 print(f"{name} / ours q0f32: decode {dec / base[1]:.2f}x, prefill {pre / base[2]:.2f}x")
+    if ggufs:
+        peak = fma_peak()
+        print(f"llama.cpp (llama-cpp-python, {use_all_cpus()} threads), best round; FMA peak "
+              f"{peak / 1e9:.0f} GFLOP/s (measured), prefill work {flops / 1e6:.0f} MFLOP/token (matmuls, no head)")
+        pairs = {"f32": "q0f32", "f16": "q0f16", "q8_0": "q8f16_1", "q4_0": "q4f16_1"}
+        for kind, (dec, pre) in peer_best.items():
+            ours = by_name.get(f"ours (llvm {pairs.get(kind, '')})")
+            line = (f"llama.cpp {kind:5s} decode {dec:7.2f} tok/s, prefill {pre:7.1f} tok/s "
+                    f"({100 * pre * flops / peak:.0f}% FMA peak)")
+            if ours:
+                line += (f"; ours {pairs[kind]} / llama.cpp {kind}: decode {ours[1] / dec:.2f}x, prefill "
+                         f"{ours[2] / pre:.2f}x ({100 * ours[2] * flops / peak:.0f}% FMA peak)")
+            print(line)
     if args.tokenizer:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import bench_tokenizer  # pylint: disable=import-outside-toplevel
