@@ -6,20 +6,15 @@ for cuda (plus nvcc -> PTX when nvcc is installed), metal and webgpu.
 """
 
 import functools
-import shutil
 
 import numpy as np
 import pytest
 import tvm
+from kernel_harness import CUDA, LLVM, METAL, WEBGPU, assert_close, compile_func, device_source, nvcc_ptx, run
 from tvm import s_tir
 
 from tir_kernels import wkv5 as wkv5_mod
 from tir_kernels.wkv5 import wkv5, wkv5_numpy, wkv5_ragged, wkv5_ragged_numpy
-
-LLVM = {"kind": "llvm", "mcpu": tvm.get_global_func("target.llvm_get_system_cpu")()}
-CUDA = {"kind": "cuda", "arch": "sm_80", "host": {"kind": "llvm"}}
-METAL = {"kind": "metal", "host": {"kind": "llvm", "mtriple": "arm64-apple-macos"}}
-WEBGPU = {"kind": "webgpu", "host": {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}}
 
 SINGLE_FORMS = ("schedulable", "cpu", "gpu-body")
 RAGGED_FORMS = ("cpu", "gpu-body")
@@ -40,16 +35,13 @@ def _ragged_func(form, H, N):
     return wkv5_ragged(H, N, target=form)
 
 
-def _compile(func, target, name):
-    mod = tvm.IRModule({name: func.with_attr("global_symbol", name)})
-    return tvm.compile(mod, tvm.target.Target(target))
 
 
 @functools.lru_cache(maxsize=None)
 def _llvm_lib(kernel, form, H, N):
     """Compile each (kernel, form, H, N) once for the whole module."""
     func = (_single_func if kernel == "wkv5" else _ragged_func)(form, H, N)
-    return _compile(func, LLVM, kernel)
+    return compile_func(func, LLVM, kernel)
 
 
 def _inputs(rng, n_tokens, H, N, n_states=None):
@@ -62,26 +54,8 @@ def _inputs(rng, n_tokens, H, N, n_states=None):
     return [r, k, v, w, u, s]
 
 
-def _run(lib, name, inputs, out_shapes):
-    """Call lib[name](*inputs, *outs); check no input was written; return the outputs.
-
-    Outputs are pre-filled with NaN so that any element the kernel leaves unwritten fails.
-    """
-    dev = tvm.cpu()
-    args = [tvm.runtime.tensor(x, dev) for x in inputs]
-    outs = [tvm.runtime.empty(shape, "float32", dev) for shape in out_shapes]
-    for o in outs:
-        o.copyfrom(np.full(o.shape, np.nan, np.float32))
-    lib[name](*args, *outs)
-    for before, after in zip(inputs, args):
-        np.testing.assert_array_equal(after.numpy(), before)  # s_in above all: read only
-    return [o.numpy() for o in outs]
 
 
-def _assert_close(got, ref, what):
-    err = np.abs(got - ref).max()
-    scale = np.abs(ref).max()
-    assert err <= RTOL * scale, f"{what}: max |err| {err:.3g} > {RTOL} * max |ref| {scale:.3g}"
 
 
 @pytest.mark.parametrize("n_tokens", [1, 2, 17, 256])
@@ -90,11 +64,11 @@ def _assert_close(got, ref, what):
 def test_wkv5_matches_numpy(form, H, N, n_tokens):
     rng = np.random.default_rng([SINGLE_FORMS.index(form), H, N, n_tokens])
     inputs = _inputs(rng, n_tokens, H, N)
-    out, s_out = _run(_llvm_lib("wkv5", form, H, N), "wkv5", inputs,
+    out, s_out = run(_llvm_lib("wkv5", form, H, N), "wkv5", inputs,
                       [(n_tokens, H, N), (H, N, N)])
     out_ref, s_ref = wkv5_numpy(*inputs)
-    _assert_close(out, out_ref, "out")
-    _assert_close(s_out, s_ref, "s_out")
+    assert_close(out, out_ref, "out", RTOL)
+    assert_close(s_out, s_ref, "s_out", RTOL)
 
 
 @pytest.mark.parametrize("lengths", [(1, 5, 17), (1, 1, 1, 1), (17, 1, 5)])
@@ -105,11 +79,11 @@ def test_wkv5_ragged_matches_numpy(form, H, N, lengths):
     n_tokens, B = sum(lengths), len(lengths)
     seg_last = (np.cumsum(lengths) - 1).astype(np.int32)
     inputs = _inputs(rng, n_tokens, H, N, n_states=B) + [seg_last]
-    out, s_out = _run(_llvm_lib("wkv5_ragged", form, H, N), "wkv5_ragged", inputs,
+    out, s_out = run(_llvm_lib("wkv5_ragged", form, H, N), "wkv5_ragged", inputs,
                       [(n_tokens, H, N), (B, H, N, N)])
     out_ref, s_ref = wkv5_ragged_numpy(*inputs)
-    _assert_close(out, out_ref, "out")
-    _assert_close(s_out, s_ref, "s_out")
+    assert_close(out, out_ref, "out", RTOL)
+    assert_close(s_out, s_ref, "s_out", RTOL)
 
 
 @pytest.mark.parametrize("form", RAGGED_FORMS)
@@ -120,13 +94,13 @@ def test_wkv5_ragged_equals_single_kernel_per_sequence(form):
     n_tokens, B = sum(lengths), len(lengths)
     seg_last = (np.cumsum(lengths) - 1).astype(np.int32)
     r, k, v, w, u, s = _inputs(rng, n_tokens, H, N, n_states=B)
-    out, s_out = _run(_llvm_lib("wkv5_ragged", form, H, N), "wkv5_ragged",
+    out, s_out = run(_llvm_lib("wkv5_ragged", form, H, N), "wkv5_ragged",
                       [r, k, v, w, u, s, seg_last], [(n_tokens, H, N), (B, H, N, N)])
     single = _llvm_lib("wkv5", form, H, N)
     first = 0
     for b, last in enumerate(seg_last):
         seq = slice(first, last + 1)
-        out_b, s_b = _run(single, "wkv5", [r[seq], k[seq], v[seq], w, u, s[b]],
+        out_b, s_b = run(single, "wkv5", [r[seq], k[seq], v[seq], w, u, s[b]],
                           [(last + 1 - first, H, N), (H, N, N)])
         np.testing.assert_allclose(out[seq], out_b, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(s_out[b], s_b, rtol=1e-6, atol=1e-6)
@@ -147,15 +121,6 @@ def test_unknown_target_lists_choices():
         wkv5_ragged(2, 8, target="schedulable")
 
 
-def _device_source(module, kind):
-    """Source of the first module of this kind among module and its imports, recursively."""
-    if module.kind == kind:
-        return module.inspect_source()
-    for imported in module.imports:
-        src = _device_source(imported, kind)
-        if src is not None:
-            return src
-    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -163,7 +128,7 @@ def _cuda_source(name, H, N):
     factory = wkv5 if name == "wkv5" else wkv5_ragged
     func = factory(H, N, target="gpu")
     assert func.attrs["tirx.is_scheduled"]  # dlight must leave the hand-bound kernel alone
-    src = _device_source(_compile(func, CUDA, name).mod, "cuda")
+    src = device_source(compile_func(func, CUDA, name).mod, "cuda")
     assert src is not None, "no cuda module among the imports"
     return src
 
@@ -178,16 +143,7 @@ def test_gpu_form_builds_for_cuda(name):
 
 @pytest.mark.parametrize("name", ["wkv5", "wkv5_ragged"])
 def test_gpu_cuda_source_compiles_with_nvcc(name):
-    if shutil.which("nvcc") is None:
-        pytest.skip("nvcc not installed")
-    from tvm.support import nvcc
-
-    target = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
-    with target:  # compile_cuda reads the arch from Target.current()
-        # compiler="nvcc": the default, NVRTC, needs the cuda-bindings package
-        ptx = nvcc.compile_cuda(_cuda_source(name, 4, 64), target_format="ptx", arch="sm_80",
-                                compiler="nvcc")
-    ptx = bytes(ptx).decode()  # compile_cuda returns a bytearray
+    ptx = nvcc_ptx(_cuda_source(name, 4, 64))
     assert f".entry {name}_kernel" in ptx
 
 
@@ -195,8 +151,8 @@ def test_gpu_cuda_source_compiles_with_nvcc(name):
 @pytest.mark.parametrize("name", ["wkv5", "wkv5_ragged"])
 def test_gpu_form_builds_for_metal_and_webgpu(name, target):
     factory = wkv5 if name == "wkv5" else wkv5_ragged
-    lib = _compile(factory(2, 64, target="gpu"), target, name)
-    src = _device_source(lib.mod, target["kind"])
+    lib = compile_func(factory(2, 64, target="gpu"), target, name)
+    src = device_source(lib.mod, target["kind"])
     assert src is not None and f"{name}_kernel" in src
 
 
@@ -209,5 +165,5 @@ def test_schedulable_form_binds_to_gpu_threads():
     sch.bind(j_out, "threadIdx.x")
     sch.bind(j_state, "threadIdx.x")
     func = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-    src = _device_source(_compile(func, CUDA, "wkv5").mod, "cuda")
+    src = device_source(compile_func(func, CUDA, "wkv5").mod, "cuda")
     assert "threadIdx.x" in src and "blockIdx.x" in src

@@ -7,20 +7,14 @@ thread bindings swapped for serial loops ("gpu-body"), and the real kernels are 
 """
 
 import functools
-import shutil
 
 import numpy as np
 import pytest
-import tvm
+from kernel_harness import CUDA, LLVM, METAL, WEBGPU, assert_close, compile_func, device_source, nvcc_ptx, run
 
 import tir_kernels
 from tir_kernels import wkv7 as wkv7_mod
 from tir_kernels.wkv7 import CPU_LONG_SEQ, wkv7, wkv7_numpy, wkv7_ragged, wkv7_ragged_numpy
-
-LLVM = {"kind": "llvm", "mcpu": tvm.get_global_func("target.llvm_get_system_cpu")()}
-CUDA = {"kind": "cuda", "arch": "sm_80", "host": {"kind": "llvm"}}
-METAL = {"kind": "metal", "host": {"kind": "llvm", "mtriple": "arm64-apple-macos"}}
-WEBGPU = {"kind": "webgpu", "host": {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}}
 
 SINGLE_FORMS = ("cpu", "gpu-body")
 RAGGED_FORMS = ("cpu", "gpu-body")
@@ -44,16 +38,13 @@ def _ragged_func(form, H, N):
     return wkv7_ragged(H, N, target=form)
 
 
-def _compile(func, target, name):
-    mod = tvm.IRModule({name: func.with_attr("global_symbol", name)})
-    return tvm.compile(mod, tvm.target.Target(target))
 
 
 @functools.lru_cache(maxsize=None)
 def _llvm_lib(kernel, form, H, N):
     """Compile each (kernel, form, H, N) once for the whole module."""
     func = (_single_func if kernel == "wkv7" else _ragged_func)(form, H, N)
-    return _compile(func, LLVM, kernel)
+    return compile_func(func, LLVM, kernel)
 
 
 def _inputs(rng, n_tokens, H, N, n_states=None):
@@ -75,26 +66,8 @@ def _inputs(rng, n_tokens, H, N, n_states=None):
     return [r, w, k, v, a, b, s]
 
 
-def _run(lib, name, inputs, out_shapes):
-    """Call lib[name](*inputs, *outs); check no input was written; return the outputs.
-
-    Outputs are pre-filled with NaN so that any element the kernel leaves unwritten fails.
-    """
-    dev = tvm.cpu()
-    args = [tvm.runtime.tensor(x, dev) for x in inputs]
-    outs = [tvm.runtime.empty(shape, "float32", dev) for shape in out_shapes]
-    for o in outs:
-        o.copyfrom(np.full(o.shape, np.nan, np.float32))
-    lib[name](*args, *outs)
-    for before, after in zip(inputs, args):
-        np.testing.assert_array_equal(after.numpy(), before)  # s_in above all: read only
-    return [o.numpy() for o in outs]
 
 
-def _assert_close(got, ref, what):
-    err = np.abs(got - ref).max()
-    scale = np.abs(ref).max()
-    assert err <= RTOL * scale, f"{what}: max |err| {err:.3g} > {RTOL} * max |ref| {scale:.3g}"
 
 
 def _scalar_reference(r, w, k, v, a, b, s):
@@ -126,11 +99,11 @@ def test_twin_matches_the_equations():
 def test_wkv7_matches_numpy(form, H, N, n_tokens):
     rng = np.random.default_rng([SINGLE_FORMS.index(form), H, N, n_tokens])
     inputs = _inputs(rng, n_tokens, H, N)
-    out, s_out = _run(_llvm_lib("wkv7", form, H, N), "wkv7", inputs,
+    out, s_out = run(_llvm_lib("wkv7", form, H, N), "wkv7", inputs,
                       [(n_tokens, H, N), (H, N, N)])
     out_ref, s_ref = wkv7_numpy(*inputs)
-    _assert_close(out, out_ref, "out")
-    _assert_close(s_out, s_ref, "s_out")
+    assert_close(out, out_ref, "out", RTOL)
+    assert_close(s_out, s_ref, "s_out", RTOL)
 
 
 # unequal lengths in scattered order, length 1 included; the last two put sequences on the
@@ -147,11 +120,11 @@ def test_wkv7_ragged_matches_numpy(form, H, N, lengths):
     n_tokens, B = sum(lengths), len(lengths)
     seg_last = (np.cumsum(lengths) - 1).astype(np.int32)
     inputs = _inputs(rng, n_tokens, H, N, n_states=B) + [seg_last]
-    out, s_out = _run(_llvm_lib("wkv7_ragged", form, H, N), "wkv7_ragged", inputs,
+    out, s_out = run(_llvm_lib("wkv7_ragged", form, H, N), "wkv7_ragged", inputs,
                       [(n_tokens, H, N), (B, H, N, N)])
     out_ref, s_ref = wkv7_ragged_numpy(*inputs)
-    _assert_close(out, out_ref, "out")
-    _assert_close(s_out, s_ref, "s_out")
+    assert_close(out, out_ref, "out", RTOL)
+    assert_close(s_out, s_ref, "s_out", RTOL)
 
 
 @pytest.mark.parametrize("form", RAGGED_FORMS)
@@ -162,13 +135,13 @@ def test_wkv7_ragged_equals_single_kernel_per_sequence(form):
     n_tokens, B = sum(lengths), len(lengths)
     seg_last = (np.cumsum(lengths) - 1).astype(np.int32)
     r, w, k, v, a, b, s = _inputs(rng, n_tokens, H, N, n_states=B)
-    out, s_out = _run(_llvm_lib("wkv7_ragged", form, H, N), "wkv7_ragged",
+    out, s_out = run(_llvm_lib("wkv7_ragged", form, H, N), "wkv7_ragged",
                       [r, w, k, v, a, b, s, seg_last], [(n_tokens, H, N), (B, H, N, N)])
     single = _llvm_lib("wkv7", form, H, N)
     first = 0
     for i, last in enumerate(seg_last):
         seq = slice(first, last + 1)
-        out_i, s_i = _run(single, "wkv7", [r[seq], w[seq], k[seq], v[seq], a[seq], b[seq], s[i]],
+        out_i, s_i = run(single, "wkv7", [r[seq], w[seq], k[seq], v[seq], a[seq], b[seq], s[i]],
                           [(last + 1 - first, H, N), (H, N, N)])
         np.testing.assert_allclose(out[seq], out_i, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(s_out[i], s_i, rtol=1e-6, atol=1e-6)
@@ -200,15 +173,6 @@ def test_registered_and_retargetable():
     assert "wkv7" in tir_kernels.FACTORIES
 
 
-def _device_source(module, kind):
-    """Source of the first module of this kind among module and its imports, recursively."""
-    if module.kind == kind:
-        return module.inspect_source()
-    for imported in module.imports:
-        src = _device_source(imported, kind)
-        if src is not None:
-            return src
-    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -216,7 +180,7 @@ def _cuda_source(name, H, N):
     factory = wkv7 if name == "wkv7" else wkv7_ragged
     func = factory(H, N, target="gpu")
     assert func.attrs["tirx.is_scheduled"]  # dlight must leave the hand-bound kernel alone
-    src = _device_source(_compile(func, CUDA, name).mod, "cuda")
+    src = device_source(compile_func(func, CUDA, name).mod, "cuda")
     assert src is not None, "no cuda module among the imports"
     return src
 
@@ -234,16 +198,7 @@ def test_gpu_form_builds_for_cuda(name):
 
 @pytest.mark.parametrize("name", ["wkv7", "wkv7_ragged"])
 def test_gpu_cuda_source_compiles_with_nvcc(name):
-    if shutil.which("nvcc") is None:
-        pytest.skip("nvcc not installed")
-    from tvm.support import nvcc
-
-    target = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
-    with target:  # compile_cuda reads the arch from Target.current()
-        # compiler="nvcc": the default, NVRTC, needs the cuda-bindings package
-        ptx = nvcc.compile_cuda(_cuda_source(name, 4, 64), target_format="ptx", arch="sm_80",
-                                compiler="nvcc")
-    ptx = bytes(ptx).decode()  # compile_cuda returns a bytearray
+    ptx = nvcc_ptx(_cuda_source(name, 4, 64))
     assert f".entry {name}_kernel" in ptx
     assert "bar.sync" in ptx
     assert ".local" not in ptx  # the state row stays in registers (no local-memory array)
@@ -258,8 +213,8 @@ _GPU_SHARED = {"metal": ("threadgroup float key[320]", "threadgroup_barrier"),
 @pytest.mark.parametrize("name", ["wkv7", "wkv7_ragged"])
 def test_gpu_form_builds_for_metal_and_webgpu(name, target):
     factory = wkv7 if name == "wkv7" else wkv7_ragged
-    lib = _compile(factory(2, 64, target="gpu"), target, name)
-    src = _device_source(lib.mod, target["kind"])
+    lib = compile_func(factory(2, 64, target="gpu"), target, name)
+    src = device_source(lib.mod, target["kind"])
     assert src is not None and f"{name}_kernel" in src
     for needle in _GPU_SHARED[target["kind"]]:
         assert needle in src, needle
