@@ -28,5 +28,5 @@ fi
 
 # TVM's web runtime from the wheel's sources (~2 min on 2 cores the first time, cached after)
 if python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('rwkv_relax') is None)"; then
-  python3 -m rwkv_relax.web >/dev/null
+  python3 -m rwkv_relax.targets.webgpu.runtime >/dev/null
 fi
