@@ -1,4 +1,4 @@
-"""The group-quantized decode GEMV (tir_kernels/quant_matmul.py) against its numpy twin, on llvm.
+"""The group-quantized decode GEMV (tir_kernels/quant_matmul/) against its numpy twin, on llvm.
 
 Shapes cover the kernel's branches: 4-row tiles plus 1-3 tail rows (and fewer rows than one
 tile), 8-word and 4-word lane blocks (K % 64 == 32), 4- and 8-bit codes, fp16/fp32 activations

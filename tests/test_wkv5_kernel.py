@@ -1,4 +1,4 @@
-"""RWKV-5.2 WKV kernels (tir_kernels/wkv5.py) against their numpy twins.
+"""RWKV-5.2 WKV kernels (tir_kernels/wkv5/) against their numpy twins.
 
 CPU forms run on llvm. The GPU forms are checked twice without a GPU: their bodies run on llvm
 with the thread bindings swapped for serial loops ("gpu-body"), and the real kernels are built

@@ -1,4 +1,4 @@
-"""RWKV-7 WKV kernels (tir_kernels/wkv7.py) against their numpy twins.
+"""RWKV-7 WKV kernels (tir_kernels/wkv7/) against their numpy twins.
 
 CPU forms run on llvm (both of the "cpu" form's paths: the token counts straddle
 CPU_LONG_SEQ). The GPU forms are checked twice without a GPU: their bodies run on llvm with the

@@ -35,7 +35,7 @@ def wkv4(k: Tensor, v: Tensor, w: Tensor, u: Tensor, aa: Tensor, bb: Tensor, pp:
 
 
 def wkv5(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, s: Tensor, seg_last):
-    """RWKV-5 WKV (tir_kernels/wkv5.py). r, k, v: (T, H, N) fp32; w, u: (H, N); s: (B, H, N, N)
+    """RWKV-5 WKV (tir_kernels/wkv5/). r, k, v: (T, H, N) fp32; w, u: (H, N); s: (B, H, N, N)
     [h, key, value] -> out (T, H, N), new s (B, H, N, N)."""
     T, H, N = r.shape
     if seg_last is None:
@@ -47,7 +47,7 @@ def wkv5(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, s: Tensor, seg_l
 
 
 def wkv7(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s: Tensor, seg_last):
-    """RWKV-7 WKV (tir_kernels/wkv7.py). r, w, k, v, a, b: (T, H, N) fp32; s: (B, H, N, N)
+    """RWKV-7 WKV (tir_kernels/wkv7/). r, w, k, v, a, b: (T, H, N) fp32; s: (B, H, N, N)
     [h, value, key] -> out (T, H, N), new s (B, H, N, N)."""
     T, H, N = r.shape
     if seg_last is None:
@@ -65,6 +65,6 @@ def state_copy(shape, dtype: str, direction: str):
 
 def q_gemv(x: Tensor, q: Tensor, scale: Tensor, out_features: int, in_features: int, bits: int,
            group: int, out_dtype: str) -> Tensor:
-    """One row times a group-quantized weight (tir_kernels/quant_matmul.py): (1, K) -> (1, N)."""
+    """One row times a group-quantized weight (tir_kernels/quant_matmul/): (1, K) -> (1, N)."""
     func = kernel("q_gemv", out_features, in_features, bits, group, x.dtype, out_dtype)
     return op.tensor_ir_op(func, "q_gemv", [x, q, scale], Tensor.placeholder([1, out_features], out_dtype))

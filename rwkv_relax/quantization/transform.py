@@ -22,7 +22,7 @@ from .modes import QuantMode
 
 class GroupQuantLinear(nn.Module):
     """``Linear`` with group-quantized weights; dequantization is fused into an fp32-accumulating
-    matmul (tir_kernels/quant_matmul.py), so decode reads only the packed bytes. One row
+    matmul (tir_kernels/quant_matmul/), so decode reads only the packed bytes. One row
     (decode) calls the tagged ``q_gemv`` kernel (CPU form: a hand-written GEMV; GPU form: the TE
     function for dlight's GEMV rule); more rows the TE function, which the CPU matmul schedule
     or dlight schedules."""

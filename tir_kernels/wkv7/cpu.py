@@ -38,7 +38,7 @@ CPU_LONG_SEQ = 24
 # keeps the token's key-side vectors (20 zmm registers at N = 64) across its row loop.
 #
 # All loops are int64 like t: mixing an int32 index with an int64 t turns a contiguous vector
-# load into a gather (see wkv5.py). Per-task scratch arrays use scope "global": inside the
+# load into a gather (see wkv5/cpu.py). Per-task scratch arrays use scope "global": inside the
 # parallel body that is a plain stack array (the small ones end up in registers); "local" ran
 # the rows path 2.5x slower (L = 16) here.
 
