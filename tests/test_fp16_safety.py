@@ -12,7 +12,7 @@ from rwkv_relax.versions.rwkv5.random import random_tensors as rwkv5_tensors
 
 GAIN = 400.0  # layer-0 channel-mix key gain: relu(k)^2 reaches ~1e6, past fp16's 65504
 SHAPES = {"rwkv5": dict(n_layer=3, n_embd=128, vocab_size=1024, seed=4),
-          "rwkv7": dict(n_layer=3, n_embd=128, vocab_size=1024, dim_decay_lora=16, dim_a_lora=24,
+          "rwkv7": dict(n_layer=2, n_embd=128, vocab_size=1024, dim_decay_lora=16, dim_a_lora=24,
                         dim_v_lora=8, dim_gate_lora=32, seed=4)}
 # what each version keeps in fp32 in an fp16 model: decay, bonus / rates, ln_x; and its WKV state
 FP32_PARAMS = {"rwkv5": ("att.time_decay", "att.time_faaaa", "att.ln_x_weight", "att.ln_x_bias"),
@@ -62,7 +62,7 @@ def test_state_decay_bonus_stay_fp32_in_fp16_models(factory, overflow_checkpoint
     for mode in ("q0f16", "q4f16_1"):
         md = load_model(factory.library(ckpt, quantization=mode), ckpt).metadata
         dtypes = {p["name"]: p["dtype"] for p in md["params"]}
-        for i in range(3):
+        for i in range(md["num_hidden_layers"]):
             for name in FP32_PARAMS[md["model_type"]]:
                 assert dtypes[f"blocks.{i}.{name}"] == "float32", name
         state = {s["name"]: s["dtype"] for s in md["state"]}

@@ -24,7 +24,7 @@ from rwkv_relax.versions.rwkv5.random import random_tensors as rwkv5_tensors
 
 SHAPE = dict(n_layer=2, n_embd=192, vocab_size=1536, head_size=64, dim_ffn=672, seed=11)
 SHAPE4 = dict(n_layer=2, n_embd=160, vocab_size=1001, dim_ffn=608, seed=12)  # odd vocab: GEMV tail rows
-SHAPE7 = dict(n_layer=3, n_embd=192, vocab_size=1201, dim_ffn=704, dim_decay_lora=40, dim_a_lora=24,
+SHAPE7 = dict(n_layer=2, n_embd=192, vocab_size=1201, dim_ffn=704, dim_decay_lora=40, dim_a_lora=24,
               dim_v_lora=56, dim_gate_lora=72, seed=13)
 ARCH_SHAPES = {"rwkv5": SHAPE, "rwkv4": SHAPE4, "rwkv7": SHAPE7}
 # a parameter each version keeps in fp32 whatever the mode (the decay, in its load-time form)

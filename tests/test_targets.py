@@ -19,6 +19,9 @@ ARCHS = {"rwkv5": dict(n_layer=2, n_embd=128, vocab_size=1024, dim_ffn=448),
          "rwkv7": dict(n_layer=2, n_embd=128, vocab_size=1024, dim_ffn=512, dim_decay_lora=32, dim_a_lora=32,
                        dim_v_lora=16, dim_gate_lora=64)}
 MODES = ["q0f16", "q4f16_1"]
+# every (version, mode) pair the target tests build; RWKV-7 only at q4f16_1 (fp16 activations and
+# the dequantizing kernels both; the q0f16 graph adds nothing target-specific), to keep CI short
+CASES = [(arch, mode) for arch in ARCHS for mode in MODES if arch != "rwkv7" or mode == "q4f16_1"]
 
 
 def device_sources(mod) -> dict[str, str]:
@@ -58,8 +61,7 @@ def kernel_names(source: str, pattern: str) -> list[str]:
     return re.findall(pattern, source)
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch,mode", CASES)
 @pytest.mark.parametrize("target,platform", [("metal", "macos"), ("iphone", "ios")])
 def test_metal_and_iphone_tars(built, arch, mode, target, platform):
     path, sources, prefix = built(arch, mode, target)
@@ -82,8 +84,7 @@ def test_metal_and_iphone_tars(built, arch, mode, target, platform):
         assert prefix.encode() in blob  # static system-lib symbols carry the model's prefix
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch,mode", CASES)
 def test_android_tar_objects_and_opencl_syntax(built, arch, mode, tmp_path):
     path, sources, prefix = built(arch, mode, "android")
     members = artifacts.tar_members(path)
@@ -107,8 +108,7 @@ def test_android_tar_objects_and_opencl_syntax(built, arch, mode, tmp_path):
                           capture_output=True).returncode != 0
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch,mode", CASES)
 def test_cuda_so_holds_cubin_and_ptx_for_the_arch(factory, arch, mode, tmp_path):
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc not installed")
@@ -124,8 +124,7 @@ def test_cuda_so_holds_cubin_and_ptx_for_the_arch(factory, arch, mode, tmp_path)
     assert b'extern "C" __global__' not in out.read_bytes()  # compiled, not source
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch,mode", CASES)
 def test_vulkan_fails_clearly_after_lowering(factory, arch, mode):
     source = resolve_model(str(factory.checkpoint(arch, "targets", **ARCHS[arch])))
     mod, _ = export(source, mode)
