@@ -11,6 +11,7 @@ from . import tensor_cache
 from ._fs import atomic_write, publish_dir, staging_dir
 from .config import CHAT_CONFIG
 from .errors import RWKVRelaxError
+from .loaders import time_state
 from .pipeline import float_config, make_model, param_list, resolve_model
 from .quantization import get_mode
 from .runtime.conversation import TEMPLATES
@@ -42,8 +43,12 @@ def convert(checkpoint: str, quantization: str, output: str | Path, keep_embeddi
     with staging_dir(out) as tmp:
         tensor_cache.write(library_params(source.weights, cfg, params, quantization), tmp, len(params),
                            metadata, shard_cap_mb)
+        tuned = source.weights.initial_state()
+        if tuned is not None:  # a state-tuned checkpoint: keep its tuning, in the file's own layout
+            from safetensors.numpy import save_file
+            save_file(time_state.to_file_layout(tuned, cfg.n_layer), str(tmp / time_state.CACHE_FILE))
         # replace an older conversion, keeping other files (config, tokenizer)
-        publish_dir(tmp, out, replace=("params_shard_*.bin",))
+        publish_dir(tmp, out, replace=("params_shard_*.bin", time_state.CACHE_FILE))
     return out
 
 

@@ -53,6 +53,11 @@ def mix(xx, sx, m):
     return xx * m + sx * (1 - m)
 
 
+def lerp(xx, sx, m):
+    """RWKV-6/7 token-shift interpolation ``xx + (sx - xx) * m``."""
+    return xx + (sx - xx) * m
+
+
 class NumpyRWKV:
     """``forward(tokens, state) -> (logits, state, trace)``; ``trace`` holds, per layer, the ln1
     output and the time-mix and channel-mix outputs (for per-layer debugging). State entries carry

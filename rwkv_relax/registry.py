@@ -23,6 +23,7 @@ from .errors import ConfigError
 VERSIONS = {
     "rwkv4": "rwkv_relax.versions.rwkv4",
     "rwkv5": "rwkv_relax.versions.rwkv5",
+    "rwkv6": "rwkv_relax.versions.rwkv6",
     "rwkv7": "rwkv_relax.versions.rwkv7",
 }
 

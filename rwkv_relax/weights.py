@@ -36,6 +36,12 @@ class Weights:
     def path(self) -> Path:
         return self.view.path
 
+    def initial_state(self) -> dict[tuple[int, str], np.ndarray] | None:
+        """A state-tuned checkpoint's initial state entries ``{(layer, name): array}`` (RWKV-5/6
+        ``att.time_state``), None when the checkpoint has none or its version knows none."""
+        read = getattr(self.spec.names, "initial_state", None)
+        return read(self.view, self.config) if read else None
+
 
 def open_weights(path: str | Path, overrides: dict | None = None) -> Weights:
     """Open, detect and check a checkpoint (names and shapes only: a bad checkpoint fails here,

@@ -8,13 +8,15 @@ import json
 
 from tvm import tirx
 
-from . import quant_matmul, rnn_state, wkv4, wkv5, wkv7
+from . import quant_matmul, rnn_state, wkv4, wkv5, wkv6, wkv7
 
 # name -> factory(*sizes, target=...). Models build the "cpu" form through :func:`kernel`; GPU
 # pipelines swap in the "gpu" form through :func:`retarget`, so models never see targets.
 FACTORIES = {
     "wkv5": wkv5.wkv5,
     "wkv5_ragged": wkv5.wkv5_ragged,
+    "wkv6": wkv6.wkv6,
+    "wkv6_ragged": wkv6.wkv6_ragged,
     "wkv7": wkv7.wkv7,
     "wkv7_ragged": wkv7.wkv7_ragged,
     "wkv4": wkv4.wkv4,

@@ -27,11 +27,13 @@ class TensorTable:
     """What a version expects of a checkpoint: every canonical tensor with its shape, and how each
     model parameter is made from them. ``ignored`` tensors may be there, in any shape, or not, and
     are never read (RWKV-7 layer 0's value-residual LoRA: BlinkDL files have it, flash-linear-
-    attention's drop it, GGUF conversions write dummies)."""
+    attention's drop it, GGUF conversions write dummies). ``optional`` tensors may be absent, but
+    when present they must have their shape (RWKV-6's state-tuned ``att.time_state``)."""
 
     shapes: Mapping[str, tuple[int, ...]]
     params: Mapping[str, ParamSource]
     ignored: Collection[str] = ()
+    optional: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
     def check(self, view: CanonicalView) -> None:
         """Fail on the first unmapped, missing, unexpected or mis-shaped tensor, naming it as the
@@ -48,8 +50,12 @@ class TensorTable:
             if tuple(got) != tuple(shape):
                 raise CheckpointError(f"{view.path}: tensor '{view.file_name(canon)}' has shape "
                                       f"{tuple(got)}, expected {tuple(shape)}")
+        for canon, shape in self.optional.items():
+            if canon in present and tuple(view.shape(canon)) != tuple(shape):
+                raise CheckpointError(f"{view.path}: tensor '{view.file_name(canon)}' has shape "
+                                      f"{tuple(view.shape(canon))}, expected {tuple(shape)}")
         for canon in view.names():
-            if canon not in self.shapes and canon not in self.ignored:
+            if canon not in self.shapes and canon not in self.ignored and canon not in self.optional:
                 raise CheckpointError(f"{view.path}: unexpected tensor '{view.file_name(canon)}' (not part of "
                                       "this model's table); is the checkpoint for another RWKV version or layout?")
         used = {s for src in self.params.values() for s in src.sources}

@@ -70,3 +70,21 @@ def squeeze_float32(x: np.ndarray) -> np.ndarray:
     """Per-channel biases and scales that feed fp32 math (decay, rates, the L2-normalised key) are
     stored (1, 1, C) or (H, N); the model reads them flat, in fp32 whatever the model dtype."""
     return x.reshape(-1).astype(np.float32)
+
+
+def stacked_lora_factor(block: int):
+    """RWKV-6's token-mix LoRA stacks its five up-projections in one (5, D, C) tensor, in the order
+    w, k, v, r, g; the model applies each as its own linear layer (C, D), so that they run through
+    the same 2-D matmul schedule as every other projection (no batched matmul to schedule)."""
+    def take(w: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(w[block].T)
+    take.__name__ = take.__qualname__ = f"stacked_lora_factor_{block}"
+    take.__doc__ = stacked_lora_factor.__doc__
+    return take
+
+
+def state_value_key_to_key_value(s: np.ndarray) -> np.ndarray:
+    """A state-tuned RWKV-6 file's ``att.time_state`` is (H, value, key), the training kernel's
+    layout; the library's WKV6 state is (H, key, value), the ``rwkv`` package's (which loads the
+    file with the same ``transpose(1, 2)``)."""
+    return np.ascontiguousarray(np.swapaxes(s, 1, 2)).astype(np.float32)

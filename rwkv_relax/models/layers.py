@@ -10,6 +10,8 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
+F32 = "float32"
+
 
 class Segments:
     """Where each sequence of a packed ``(T, C)`` activation ends.
@@ -84,6 +86,31 @@ def mix(xx: Tensor, sx: Tensor, time_mix: Tensor) -> Tensor:
     """Token-shift interpolation, written as the reference writes it (``xx*m + sx*(1-m)``) so
     rounding matches ChatRWKV."""
     return xx * time_mix + sx * (1.0 - time_mix)
+
+
+def lerp(xx: Tensor, sx: Tensor, m: Tensor) -> Tensor:
+    """RWKV-6/7's token shift, written as the reference writes it: ``x + (x_prev - x) * m``
+    (RWKV-4/5's :func:`mix` weights the other way round)."""
+    return xx + (sx - xx) * m
+
+
+class LoRA(nn.Module):
+    """``up(act(down(x)))``, a low-rank product (not a ``Linear``: never quantized). Both matmuls
+    accumulate in fp32; ``act`` runs in fp32 and the result is ``out_dtype``. (C,) -> (out_features,),
+    C by default."""
+
+    def __init__(self, C: int, D: int, dtype: str, act=None, out_dtype: str = F32, out_features: int | None = None):
+        self.down = nn.Parameter((D, C), dtype)
+        self.up = nn.Parameter((out_features or C, D), dtype)
+        self.act, self.dtype, self.out_dtype = act, dtype, out_dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = op.matmul(x, op.permute_dims(self.down), out_dtype=F32)  # (T, C) -> (T, D)
+        if self.act is not None:
+            h = self.act(h)
+        h = h if self.dtype == F32 else h.astype(self.dtype)
+        y = op.matmul(h, op.permute_dims(self.up), out_dtype=F32)  # (T, D) -> (T, C)
+        return y if self.out_dtype == F32 else y.astype(self.out_dtype)
 
 
 class Linear(nn.Module):

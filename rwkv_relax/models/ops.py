@@ -46,6 +46,18 @@ def wkv5(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, s: Tensor, seg_l
                            [Tensor.placeholder([T, H, N], F32), Tensor.placeholder(s.shape, F32)])
 
 
+def wkv6(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, s: Tensor, seg_last):
+    """RWKV-6 WKV (tir_kernels/wkv6/). r, k, v, w: (T, H, N) fp32 (w the per-token decay);
+    u: (H, N); s: (B, H, N, N) [h, key, value] -> out (T, H, N), new s (B, H, N, N)."""
+    T, H, N = r.shape
+    if seg_last is None:
+        out, s_new = op.tensor_ir_op(kernel("wkv6", H, N), "wkv6", [r, k, v, w, u, op.reshape(s, [H, N, N])],
+                                     [Tensor.placeholder([T, H, N], F32), Tensor.placeholder([H, N, N], F32)])
+        return out, op.reshape(s_new, [1, H, N, N])
+    return op.tensor_ir_op(kernel("wkv6_ragged", H, N), "wkv6_ragged", [r, k, v, w, u, s, seg_last],
+                           [Tensor.placeholder([T, H, N], F32), Tensor.placeholder(s.shape, F32)])
+
+
 def wkv7(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s: Tensor, seg_last):
     """RWKV-7 WKV (tir_kernels/wkv7/). r, w, k, v, a, b: (T, H, N) fp32; s: (B, H, N, N)
     [h, value, key] -> out (T, H, N), new s (B, H, N, N)."""

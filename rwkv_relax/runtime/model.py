@@ -20,6 +20,7 @@ from tvm.runtime import ShapeTuple
 
 from .. import tensor_cache
 from ..errors import RWKVRelaxError
+from ..loaders import time_state
 from ..registry import get_spec
 from ..weights import check_matches, library_params, open_weights
 from .threads import use_all_cpus
@@ -73,9 +74,16 @@ class CompiledModel:
         self.weights_fingerprint: str | None = None
         # one ffi Array, built once: a Python list would be converted on every call (~10 us per
         # call for a few hundred tensors; a 0.1B q4 decode step takes ~5 ms)
+        self._tuned: dict | None = None  # a state-tuned checkpoint's WKV matrices (RWKV-5/6 time_state)
         self.params = tvm.runtime.convert(self._load_weights(weights))
         self._rnn = self.vm["create_rnn_state"](ShapeTuple([max_sequences]), ShapeTuple([max_history]))
         self._ids = itertools.count()
+        # where new sequences start: zeros, or the checkpoint's state tuning; assign a State (e.g.
+        # runtime.time_state.load_time_state(...)) to start from another one, None for zeros
+        self.initial_state: State | None = None
+        if self._tuned is not None:
+            from .time_state import full_state
+            self.initial_state = self.load_state(full_state(self, self._tuned, weights))
         self._fns: dict = {}
         # the single-token input, written through a numpy view (tvm.runtime.tensor() costs ~25 us)
         self._one_id = tvm.runtime.empty((1,), "int32", self.device)
@@ -91,6 +99,9 @@ class CompiledModel:
                     raise RWKVRelaxError(f"params in {weights} are {key}={stored.get(key)}, the library "
                                          f"is {key}={md[key]}; convert or build to match")
             params = tensor_cache.load(weights, md["params"], self.device)
+            if (Path(weights) / time_state.CACHE_FILE).is_file():
+                from .time_state import read_time_state
+                self._tuned = read_time_state(Path(weights) / time_state.CACHE_FILE, self)
             shards = tensor_cache.read_index(weights)["records"]
             self.weights_fingerprint = hashlib.sha256(
                 "".join(r.get("md5sum", "") for r in shards).encode()).hexdigest()[:16]
@@ -99,6 +110,7 @@ class CompiledModel:
         check_matches(found, md["model_type"], md["model_config"])
         # numerics (rescale_every, eps...) as compiled, tensors from the checkpoint
         built = get_spec(md["model_type"]).config_cls.from_dict(md["model_config"])
+        self._tuned = found.initial_state()
         return [tvm.runtime.tensor(array, self.device)
                 for _, array in library_params(found, built, md["params"], md["quantization"])]
 
@@ -155,7 +167,7 @@ class CompiledModel:
                                      f"this model's is {dtype}{list(shape)}")
             # (1, *shape): the set kernel takes a batch of one
             arrays[layer, name] = tvm.runtime.tensor(np.ascontiguousarray(value)[None], self.device)
-        state = self.new_state()
+        state = State(self, self._new_sequence(None), 0)
         _builtin("kv_state_begin_forward")(self._rnn, ShapeTuple([state.seq_id]), ShapeTuple([2]))
         for (layer, name), value in arrays.items():
             _builtin("rnn_state_set")(self._rnn, layer, self.state_names.index(name), value)
@@ -207,6 +219,9 @@ class CompiledModel:
         return self._host(logits).reshape(-1)
 
     def new_state(self) -> State:
+        """A fresh sequence: all zeros, or ``initial_state`` (a state-tuned checkpoint's) when set."""
+        if self.initial_state is not None:
+            return State(self, self._new_sequence(self.initial_state), 0)
         return State(self, self._new_sequence(None), 0)
 
     def fork(self, state: State) -> State:

@@ -1,13 +1,17 @@
 """RWKV-5.2 tensors: every checkpoint tensor with its shape, and every model parameter made from them.
 
 Layouts: BlinkDL ``.pth`` (canonical) and the "-HF" remote-code layout (``rwkv.blocks.N.attention.*``),
-which only renames components and keeps every shape.
+which only renames components and keeps every shape. A state-tuned file's ``att.time_state`` is
+optional; when present in every layer it is the initial state of each new sequence.
 """
 from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from ...errors import CheckpointError
+from ...loaders import time_state
 from ...loaders import transforms as tf
 from ...loaders.layouts import BLINK, HF_RWKV, CanonicalView
 from ...loaders.table import ParamSource, TensorTable
@@ -26,6 +30,7 @@ def is_version(view: CanonicalView) -> bool:
 def table(cfg: RWKV5Config) -> TensorTable:
     C, A, F, V, H, N = cfg.n_embd, cfg.dim_att, cfg.dim_ffn, cfg.vocab_size, cfg.n_head, cfg.head_size
     same = lambda name: ParamSource((name,), tf.identity)
+    optional = {time_state.canonical_name(i): (H, N, N) for i in range(cfg.n_layer)}  # [head, value, key]
     shapes = {"emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,),
               "ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C)}
     params = {
@@ -63,7 +68,14 @@ def table(cfg: RWKV5Config) -> TensorTable:
         params[b + "att.ln_x_bias"] = ParamSource((b + "att.ln_x.bias",), tf.as_float32)
         params[b + "att.output.weight"] = ParamSource((b + "att.output.weight",), residual)
         params[b + "ffn.value.weight"] = ParamSource((b + "ffn.value.weight",), residual)
-    return TensorTable(shapes, params)
+    return TensorTable(shapes, params, optional=optional)
+
+
+def initial_state(view: CanonicalView, cfg: RWKV5Config) -> dict[tuple[int, str], np.ndarray] | None:
+    """A state-tuned checkpoint's ``att.time_state`` of every layer as the library's WKV state
+    entries ``{(layer, "att_kv"): (H, key, value)}``; None for a plain checkpoint."""
+    names = [time_state.canonical_name(i) for i in range(cfg.n_layer)]
+    return time_state.collect(view.path, ((n, view.get(n)) for n in names if n in view), cfg.n_layer)
 
 
 def infer_config(view: CanonicalView, **overrides) -> RWKV5Config:

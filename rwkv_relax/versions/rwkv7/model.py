@@ -22,34 +22,12 @@ from tvm.relax.frontend.nn import Tensor, op
 
 from ...models import ops
 from ...models.base import RNNLanguageModel
-from ...models.layers import Linear
+from ...models.layers import Linear, LoRA, lerp
 from ...models.state import StateEntry
 from .config import RWKV7Config
 
 F32 = "float32"
 DECAY_SCALE = 0.606531  # exp(-0.5), the literal the reference uses
-
-
-def lerp(xx: Tensor, sx: Tensor, m: Tensor) -> Tensor:
-    """RWKV-7's token shift, written as the reference writes it: ``x + (x_prev - x) * m``."""
-    return xx + (sx - xx) * m
-
-
-class LoRA(nn.Module):
-    """``up(act(down(x)))``, a low-rank product (not a ``Linear``: never quantized). Both matmuls
-    accumulate in fp32; ``act`` runs in fp32 and the result is ``out_dtype``."""
-
-    def __init__(self, C: int, D: int, dtype: str, act=None, out_dtype: str = F32):
-        self.down = nn.Parameter((D, C), dtype)
-        self.up = nn.Parameter((C, D), dtype)
-        self.act, self.dtype, self.out_dtype = act, dtype, out_dtype
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = op.matmul(x, op.permute_dims(self.down), out_dtype=F32)  # (T, C) -> (T, D)
-        if self.act is not None:
-            h = self.act(h)
-        y = op.matmul(h if self.dtype == F32 else h.astype(self.dtype), op.permute_dims(self.up), out_dtype=F32)
-        return y if self.out_dtype == F32 else y.astype(self.out_dtype)
 
 
 class TimeMix(nn.Module):

@@ -5,12 +5,8 @@ import numpy as np
 
 from tir_kernels.wkv7 import wkv7_numpy
 
-from ...reference import NumpyRWKV, group_norm, sigmoid
+from ...reference import NumpyRWKV, group_norm, lerp, sigmoid
 from .model import DECAY_SCALE
-
-
-def lerp(xx, sx, m):
-    return xx + (sx - xx) * m
 
 
 class NumpyRWKV7(NumpyRWKV):
