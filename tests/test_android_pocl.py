@@ -19,11 +19,13 @@ from rwkv_relax.targets import get_target
 from rwkv_relax.testing.opencl_runner import AndroidBuild, OpenCLUnavailable, open_device
 from tir_kernels.wkv4 import STATE_ROWS, wkv4_numpy, wkv4_ragged_numpy
 from tir_kernels.wkv5 import wkv5_numpy, wkv5_ragged_numpy
+from tir_kernels.wkv6 import wkv6_numpy, wkv6_ragged_numpy
 from tir_kernels.wkv7 import wkv7_numpy, wkv7_ragged_numpy
 
 ARCHS = {
     "rwkv5": dict(n_layer=1, n_embd=128, vocab_size=1000, dim_ffn=448),  # H = 2, N = 64 (real head size)
     "rwkv4": dict(n_layer=1, n_embd=96, vocab_size=1000, dim_ffn=384),  # C = 96: a tail in WKV4's 64-wide blocks
+    "rwkv6": dict(n_layer=1, n_embd=128, vocab_size=1000, dim_ffn=448, dim_mix_lora=16, dim_decay_lora=24),
     # two layers: layer 0 has no value-residual LoRA, layer 1 does
     "rwkv7": dict(n_layer=2, n_embd=128, vocab_size=1000, dim_ffn=384, dim_decay_lora=24, dim_a_lora=40,
                   dim_v_lora=16, dim_gate_lora=48),
@@ -39,6 +41,7 @@ COMMON = [r"embedding", r"(fused_)?NT_matmul\w*", r"layer_norm\d*", r"token_shif
           r"token_shift_ragged\d*", r"last_tokens?\d*", r"rnn_state_get_\d+", r"rnn_state_set_\d+"]
 FAMILIES = {"rwkv5": COMMON + ["wkv5", "wkv5_ragged", r"group_norm\d*"],
             "rwkv4": COMMON + ["wkv4", "wkv4_ragged"],
+            "rwkv6": COMMON + ["wkv6", "wkv6_ragged", r"group_norm\d*"],
             "rwkv7": COMMON + ["wkv7", "wkv7_ragged", r"group_norm\d*"]}
 
 
@@ -72,6 +75,11 @@ def realistic(func: str, param: str, shape, dtype, sizes, rng):
     if func.startswith("wkv5"):
         if param == "w":
             return rng.uniform(0.3, 0.999, shape)  # exp(-exp(time_decay)), in (0, 1)
+        if param == "u":
+            return rng.normal(0.0, 0.5, shape)  # time_faaaa
+    if func.startswith("wkv6"):
+        if param == "w":
+            return np.exp(-np.exp(rng.uniform(-6.0, 1.5, shape)))  # per-token exp(-exp(d)), in (0, 1)
         if param == "u":
             return rng.normal(0.0, 0.5, shape)  # time_faaaa
     if func.startswith("wkv4"):
@@ -129,6 +137,26 @@ def test_wkv5_ragged_matches_numpy(builds, device, rng, tokens, seqs):
     [name] = build.find("wkv5_ragged")
     c = build.check(name, {"total_len": tokens, "batch": seqs}, rng, device, realistic)
     out, s = wkv5_ragged_numpy(*(c.input(p) for p in ("r", "k", "v", "w", "u", "s_in", "seg_last")))
+    assert rel_err(c["out"], out) < RTOL
+    assert rel_err(c["s_out"], s) < RTOL
+
+
+@pytest.mark.parametrize("T", [1, 17])
+def test_wkv6_matches_numpy(builds, device, rng, T):
+    build = builds("rwkv6")
+    [name] = build.find("wkv6")
+    c = build.check(name, {"seq_len": T}, rng, device, realistic)
+    out, s = wkv6_numpy(*(c.input(p) for p in ("r", "k", "v", "w", "u", "s_in")))
+    assert rel_err(c["out"], out) < RTOL
+    assert rel_err(c["s_out"], s) < RTOL
+
+
+@pytest.mark.parametrize("tokens,seqs", [(17, 3), (3, 3)])
+def test_wkv6_ragged_matches_numpy(builds, device, rng, tokens, seqs):
+    build = builds("rwkv6")
+    [name] = build.find("wkv6_ragged")
+    c = build.check(name, {"total_len": tokens, "batch": seqs}, rng, device, realistic)
+    out, s = wkv6_ragged_numpy(*(c.input(p) for p in ("r", "k", "v", "w", "u", "s_in", "seg_last")))
     assert rel_err(c["out"], out) < RTOL
     assert rel_err(c["s_out"], s) < RTOL
 

@@ -140,9 +140,10 @@ def test_not_an_rwkv_checkpoint(tmp_path, capsys):
 
 
 def test_other_rwkv_versions_are_named(tmp_path, capsys, good):
-    v6 = dict(good)
-    v6["blocks.0.att.time_maa_x"] = good["blocks.0.att.time_mix_k"]
-    assert "RWKV-6" in run_build(tmp_path, capsys, write_checkpoint(v6, tmp_path / "m6.pth"))
+    mixed = dict(good)  # an RWKV-5 file with one RWKV-6 tensor: named, not half-loaded
+    mixed["blocks.0.att.time_maa_x"] = good["blocks.0.att.time_mix_k"]
+    assert "unexpected tensor 'blocks.0.att.time_maa_x'" in run_build(tmp_path, capsys,
+                                                                      write_checkpoint(mixed, tmp_path / "m6.pth"))
     v51 = dict(good)
     for i in range(SMALL["n_layer"]):
         v51[f"blocks.{i}.att.time_decay"] = good[f"blocks.{i}.att.time_decay"].reshape(-1, 1)

@@ -160,20 +160,25 @@ def test_bad_input_is_one_line_error(work):
     assert proc.stderr.strip().splitlines() == ["error: --tokens takes comma-separated integers, not '1,x'"]
 
 
-SHAPE7 = dict(n_layer=3, n_embd=128, vocab_size=512, head_size=64, dim_decay_lora=24, dim_a_lora=16,
-              dim_v_lora=32, dim_gate_lora=40, seed=22)
+NEW_SHAPES = {
+    "rwkv6": dict(n_layer=3, n_embd=128, vocab_size=512, head_size=64, dim_ffn=448, dim_mix_lora=12,
+                  dim_decay_lora=20, seed=22),
+    "rwkv7": dict(n_layer=3, n_embd=128, vocab_size=512, head_size=64, dim_decay_lora=24, dim_a_lora=16,
+                  dim_v_lora=32, dim_gate_lora=40, seed=22)}
 
 
-@pytest.fixture(scope="module")
-def work7(tmp_path_factory):
-    """RWKV-7: clean, layer 1's time mix corrupted, layer 1's channel mix overflowing fp16."""
-    from rwkv_relax.versions.rwkv7.random import random_tensors
-    root = tmp_path_factory.mktemp("dump7")
-    paths = {"clean": write_checkpoint(random_tensors(**SHAPE7), root / "clean.pth"), "cache": root / "cache"}
-    t = random_tensors(**SHAPE7)
+@pytest.fixture(scope="module", params=list(NEW_SHAPES))
+def work7(request, tmp_path_factory):
+    """RWKV-6 / RWKV-7: clean, layer 1's time mix corrupted, layer 1's channel mix overflowing fp16."""
+    from rwkv_relax.registry import get_spec
+    spec, shape = get_spec(request.param), NEW_SHAPES[request.param]
+    root = tmp_path_factory.mktemp(f"dump-{request.param}")
+    paths = {"clean": write_checkpoint(spec.random_tensors(**shape), root / "clean.pth"), "cache": root / "cache",
+             "n_layer": shape["n_layer"]}
+    t = spec.random_tensors(**shape)
     t["blocks.1.att.output.weight"] *= 1.5
     paths["corrupt1"] = write_checkpoint(t, root / "corrupt1.pth")
-    t = random_tensors(**SHAPE7)
+    t = spec.random_tensors(**shape)
     t["blocks.1.ffn.key.weight"] *= OVERFLOW_GAIN
     t["blocks.1.ffn.value.weight"] /= OVERFLOW_GAIN ** 2
     paths["overflow1"] = write_checkpoint(t, root / "overflow1.pth")
@@ -181,9 +186,9 @@ def work7(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode", ["q0f32", "q0f16"])
-def test_rwkv7_layer_by_layer(tool, capsys, work7, mode):
+def test_rwkv6_rwkv7_layer_by_layer(tool, capsys, work7, mode):
     code, out = run_tool(tool, capsys, "--model", work7["clean"], "--quantization", mode, "--cache-dir", work7["cache"])
-    assert code == 0 and all(r[2] == "ok" for r in rows(out)) and len(rows(out)) == 3 * SHAPE7["n_layer"] + 1, out
+    assert code == 0 and all(r[2] == "ok" for r in rows(out)) and len(rows(out)) == 3 * work7["n_layer"] + 1, out
     code, out = run_tool(tool, capsys, "--model", work7["corrupt1"], "--reference-checkpoint", work7["clean"],
                          "--quantization", mode, "--cache-dir", work7["cache"])
     assert code == 1 and rows(out)[-1] == ("1", "time-mix output", "FAIL"), out
@@ -193,8 +198,9 @@ def test_rwkv7_layer_by_layer(tool, capsys, work7, mode):
         assert code == 1 and rows(out)[-1] == ("1", "channel-mix output", "FAIL") and "--fp32-layers 1" in out, out
 
 
-def test_rwkv7_chatrwkv_logits(tool, capsys, work7):
-    """The RWKV-7 numpy reference against the rwkv package's RWKV_x070 (in its own process)."""
+def test_rwkv6_rwkv7_chatrwkv_logits(tool, capsys, work7):
+    """The RWKV-6 / RWKV-7 numpy reference against the rwkv package (RWKV / RWKV_x070, in its own
+    process)."""
     code, out = run_tool(tool, capsys, "--model", work7["clean"], "--tokens", "5,17,300,2,2,41", "--chatrwkv",
                          "--cache-dir", work7["cache"])
     assert code == 0, out

@@ -318,16 +318,22 @@ WORLD7_SHAPE = dict(n_layer=2, n_embd=128, vocab_size=65536, head_size=64, dim_d
                     dim_v_lora=8, dim_gate_lora=32, seed=13)
 
 
-def test_rwkv7_generates_chats_and_saves_state(factory, tmp_path):
-    """The runtime is version-blind: an RWKV-7 World model directory generates (deterministic with a
-    seed), chats prefilling only the new turn, and its state file continues the conversation exactly."""
+WORLD6_SHAPE = dict(n_layer=2, n_embd=128, vocab_size=65536, head_size=64, dim_mix_lora=8, dim_decay_lora=16,
+                    seed=13)
+
+
+@pytest.mark.parametrize("arch,shape", [("rwkv6", WORLD6_SHAPE), ("rwkv7", WORLD7_SHAPE)])
+def test_rwkv6_rwkv7_generate_chat_and_save_state(factory, tmp_path, arch, shape):
+    """The runtime is version-blind: an RWKV-6 / RWKV-7 World model directory generates
+    (deterministic with a seed), chats prefilling only the new turn, and its state file continues
+    the conversation exactly."""
     from rwkv_relax.tokenizer import default_world_vocab
     vocab = default_world_vocab()
     if vocab is None:
         pytest.skip("the rwkv package (which ships the World vocab) is not installed")
-    model_dir = make_model_dir(factory, "rwkv7", "engine", "q4f16_1", "rwkv-world", vocab, **WORLD7_SHAPE)
+    model_dir = make_model_dir(factory, arch, "engine", "q4f16_1", "rwkv-world", vocab, **shape)
     engine = Engine(model_dir, factory.library(model_dir))
-    assert engine.model.metadata["model_type"] == "rwkv7"
+    assert engine.model.metadata["model_type"] == arch
     first = "".join(engine.generate("The capital of France is", max_tokens=12, seed=3))
     assert first == "".join(engine.generate("The capital of France is", max_tokens=12, seed=3))
     assert engine.stats.decode_tokens > 0

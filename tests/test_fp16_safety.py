@@ -12,10 +12,12 @@ from rwkv_relax.versions.rwkv5.random import random_tensors as rwkv5_tensors
 
 GAIN = 400.0  # layer-0 channel-mix key gain: relu(k)^2 reaches ~1e6, past fp16's 65504
 SHAPES = {"rwkv5": dict(n_layer=3, n_embd=128, vocab_size=1024, seed=4),
+          "rwkv6": dict(n_layer=2, n_embd=128, vocab_size=1024, dim_mix_lora=16, dim_decay_lora=24, seed=4),
           "rwkv7": dict(n_layer=2, n_embd=128, vocab_size=1024, dim_decay_lora=16, dim_a_lora=24,
                         dim_v_lora=8, dim_gate_lora=32, seed=4)}
 # what each version keeps in fp32 in an fp16 model: decay, bonus / rates, ln_x; and its WKV state
 FP32_PARAMS = {"rwkv5": ("att.time_decay", "att.time_faaaa", "att.ln_x_weight", "att.ln_x_bias"),
+               "rwkv6": ("att.time_decay", "att.time_faaaa", "att.ln_x_weight", "att.ln_x_bias"),
                "rwkv7": ("att.w0", "att.a0", "att.k_k", "att.k_a", "att.r_k", "att.ln_x_weight", "att.ln_x_bias")}
 
 
@@ -78,10 +80,11 @@ def reference_with_rescale(monkeypatch):
     return make
 
 
-def test_rescale_every_matches_chatrwkv(factory, rng, reference_with_rescale):
+@pytest.mark.parametrize("arch,shape", [("rwkv5", {}), ("rwkv6", dict(dim_mix_lora=8, dim_decay_lora=16))])
+def test_rescale_every_matches_chatrwkv(factory, rng, reference_with_rescale, arch, shape):
     """rescale_every = 2 halves weights at load and the residual at run time exactly where
     ChatRWKV's RESCALE_LAYER does."""
-    ckpt = factory.checkpoint("rwkv5", "rescale", n_layer=5, n_embd=128, vocab_size=1024, seed=8)
+    ckpt = factory.checkpoint(arch, "rescale", n_layer=5, n_embd=128, vocab_size=1024, seed=8, **shape)
     ours = load_model(factory.library(ckpt, overrides={"rescale_every": 2}), ckpt)
     ref = reference_with_rescale(ckpt, 2)
     tokens = rng.integers(0, 1024, 25)

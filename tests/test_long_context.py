@@ -15,6 +15,7 @@ from rwkv_relax import load_model
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_long_context.py"
 SHAPES = {"rwkv5": dict(n_layer=2, n_embd=64, vocab_size=1024, head_size=32, seed=5),
+          "rwkv6": dict(n_layer=2, n_embd=64, vocab_size=1024, head_size=32, dim_mix_lora=8, dim_decay_lora=16, seed=5),
           "rwkv7": dict(n_layer=2, n_embd=64, vocab_size=1024, head_size=32, dim_decay_lora=16, dim_a_lora=16,
                         dim_v_lora=8, dim_gate_lora=24, seed=5)}
 LENGTHS = (10, 1_000, 10_000, 100_000)

@@ -26,9 +26,11 @@ SHAPE = dict(n_layer=2, n_embd=192, vocab_size=1536, head_size=64, dim_ffn=672, 
 SHAPE4 = dict(n_layer=2, n_embd=160, vocab_size=1001, dim_ffn=608, seed=12)  # odd vocab: GEMV tail rows
 SHAPE7 = dict(n_layer=2, n_embd=192, vocab_size=1201, dim_ffn=704, dim_decay_lora=40, dim_a_lora=24,
               dim_v_lora=56, dim_gate_lora=72, seed=13)
-ARCH_SHAPES = {"rwkv5": SHAPE, "rwkv4": SHAPE4, "rwkv7": SHAPE7}
+SHAPE6 = dict(n_layer=2, n_embd=192, vocab_size=1201, dim_ffn=640, dim_mix_lora=12, dim_decay_lora=40, seed=2)
+ARCH_SHAPES = {"rwkv5": SHAPE, "rwkv4": SHAPE4, "rwkv6": SHAPE6, "rwkv7": SHAPE7}
 # a parameter each version keeps in fp32 whatever the mode (the decay, in its load-time form)
-FP32_PARAM = {"rwkv5": "blocks.0.att.time_decay", "rwkv4": "blocks.0.att.time_decay", "rwkv7": "blocks.0.att.w0"}
+FP32_PARAM = {"rwkv5": "blocks.0.att.time_decay", "rwkv4": "blocks.0.att.time_decay",
+              "rwkv6": "blocks.0.att.time_decay", "rwkv7": "blocks.0.att.w0"}
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -85,6 +87,10 @@ def test_compiled_matches_float64_model_on_dequantized_weights(factory, rng, mod
     if arch == "rwkv7":  # the LoRA factors are never quantized (llama.cpp's policy too)
         assert params["blocks.1.att.v_lora.down"].shape == (SHAPE7["dim_v_lora"], SHAPE7["n_embd"])
         assert params["blocks.1.att.v_lora.down"].dtype == np.dtype(get_mode(mode).act_dtype)
+    if arch == "rwkv6":  # the ddlerp and decay LoRA factors neither
+        assert params["blocks.1.att.maa_lora.down"].shape == (5 * SHAPE6["dim_mix_lora"], SHAPE6["n_embd"])
+        assert params["blocks.1.att.maa_lora.up_g"].dtype == np.dtype(get_mode(mode).act_dtype)
+        assert params["blocks.1.att.decay_lora.up"].shape == (SHAPE6["n_embd"], SHAPE6["dim_decay_lora"])
     ref = get_spec(arch).reference(model.metadata["model_config"],
                                    dequantized_params(params, get_mode(mode).weight_bits))
     tokens = rng.integers(0, shape["vocab_size"], 40)

@@ -58,7 +58,8 @@ def test_attention_width_other_than_n_embd(tmp_path, rng):
     from rwkv_relax.weights import library_params, open_weights
     w = open_weights(ckpt)
     params = dict(library_params(w, w.config, model.metadata["params"], "q0f32"))
-    ref = get_spec("rwkv6").reference(model.metadata["model_config"], {k: v.astype(np.float64) for k, v in params.items()})
+    ref = get_spec("rwkv6").reference(model.metadata["model_config"],
+                                      {k: v.astype(np.float64) for k, v in params.items()})
     want = ref.forward(tokens)[0]
     np.testing.assert_allclose(model.prefill(tokens)[0], want, atol=2e-5 * np.abs(want).max(), rtol=0)
 
@@ -131,7 +132,8 @@ def test_bad_time_state_files(small, tmp_path):
     model = load_model(small[1], small[0])
     H, N = SMALL["n_embd"] // 64, 64
     cases = {
-        "shape": ({f"blocks.{i}.att.time_state": np.zeros((H, N, 32), np.float32) for i in range(3)}, "shape"),
+        "shape": ({f"blocks.{i}.att.time_state": np.zeros((H, N, 32), np.float32) for i in range(3)},
+                  "this model's is float32[2, 64, 64]"),
         "partial": ({"blocks.0.att.time_state": np.zeros((H, N, N), np.float32)}, "lacks 'blocks.1.att.time_state'"),
         "empty": ({"blocks.0.att.key.weight": np.zeros((2, 2), np.float32)}, "no blocks.<i>.att.time_state"),
         "nan": ({f"blocks.{i}.att.time_state": np.full((H, N, N), np.nan, np.float32) for i in range(3)}, "NaN"),
@@ -186,7 +188,8 @@ def run_build(tmp_path, capsys, model) -> str:
 def test_missing_or_misshaped_lora(tmp_path, capsys):
     t = random_tensors(**SMALL)
     missing = {k: v for k, v in t.items() if k != "blocks.1.att.time_maa_w2"}
-    assert "missing tensor 'blocks.1.att.time_maa_w2'" in run_build(tmp_path, capsys, write_checkpoint(missing, tmp_path / "a.pth"))
+    msg = run_build(tmp_path, capsys, write_checkpoint(missing, tmp_path / "a.pth"))
+    assert "missing tensor 'blocks.1.att.time_maa_w2'" in msg
     wrong = dict(t, **{"blocks.0.att.time_maa_w1": t["blocks.0.att.time_maa_w1"][:, :-3]})
     msg = run_build(tmp_path, capsys, write_checkpoint(wrong, tmp_path / "b.pth"))
     assert "time_maa_w1" in msg and "five LoRA blocks" in msg

@@ -57,7 +57,7 @@ def encode_text(text: str, model: str, tokenizer: str | None, model_type: str) -
     from rwkv_relax.model_dir import find_tokenizer
     from rwkv_relax.tokenizer import default_world_vocab, load_tokenizer
     found = find_tokenizer(model, tokenizer)
-    path = found[0] if found else (default_world_vocab() if model_type == "rwkv5" else None)
+    path = found[0] if found else (default_world_vocab() if model_type != "rwkv4" else None)
     if path is None:
         raise RWKVRelaxError("--text needs a tokenizer: pass --tokenizer (a World vocab .txt or a "
                              "tokenizer.json), or use --tokens")

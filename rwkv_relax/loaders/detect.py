@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from ..errors import CheckpointError
-from ..registry import VERSIONS, all_specs
+from ..registry import all_specs
 from .layouts import CanonicalView
 from .readers import Checkpoint
 
@@ -25,13 +25,6 @@ REFUSED = (
      and any(re.search(r"time_m|\.att\.|\.attention\.|\.attn\.", n) for n in names)),
 )
 
-# Generations that are not registered (yet): named before a registered version half-claims the
-# file. (model_type, what it is, a test on the raw names); skipped once model_type is registered.
-UNREGISTERED = (
-    ("rwkv6", "an RWKV-6 checkpoint", lambda names: any("time_maa" in n for n in names)),
-)
-
-
 def detect(ckpt: Checkpoint) -> tuple[str, CanonicalView]:
     """``(version name, the checkpoint in canonical names)``; a one-line error for anything else."""
     names = ckpt.names()
@@ -40,9 +33,6 @@ def detect(ckpt: Checkpoint) -> tuple[str, CanonicalView]:
             raise CheckpointError(f"{ckpt.path} is {what}; rwkv_relax compiles the plain RWKV "
                                   f"models: {', '.join(s.title for s in all_specs())}")
     supported = ", ".join(s.title for s in all_specs())
-    for model_type, what, test in UNREGISTERED:
-        if model_type not in VERSIONS and test(names):
-            raise CheckpointError(f"{ckpt.path} is {what}; rwkv_relax supports {supported}")
     for spec in all_specs():
         for layout in spec.names.LAYOUTS:
             view = CanonicalView(ckpt, layout)

@@ -20,7 +20,7 @@ from tvm.runtime import ShapeTuple
 
 from .. import tensor_cache
 from ..errors import RWKVRelaxError
-from ..loaders import time_state
+from ..loaders import open_checkpoint, time_state
 from ..registry import get_spec
 from ..weights import check_matches, library_params, open_weights
 from .threads import use_all_cpus
@@ -82,8 +82,7 @@ class CompiledModel:
         # runtime.time_state.load_time_state(...)) to start from another one, None for zeros
         self.initial_state: State | None = None
         if self._tuned is not None:
-            from .time_state import full_state
-            self.initial_state = self.load_state(full_state(self, self._tuned, weights))
+            self.initial_state = self.load_state(self._tuned, partial=True)
         self._fns: dict = {}
         # the single-token input, written through a numpy view (tvm.runtime.tensor() costs ~25 us)
         self._one_id = tvm.runtime.empty((1,), "int32", self.device)
@@ -99,9 +98,9 @@ class CompiledModel:
                     raise RWKVRelaxError(f"params in {weights} are {key}={stored.get(key)}, the library "
                                          f"is {key}={md[key]}; convert or build to match")
             params = tensor_cache.load(weights, md["params"], self.device)
-            if (Path(weights) / time_state.CACHE_FILE).is_file():
-                from .time_state import read_time_state
-                self._tuned = read_time_state(Path(weights) / time_state.CACHE_FILE, self)
+            tuning = Path(weights) / time_state.CACHE_FILE  # convert_weight kept a checkpoint's
+            if tuning.is_file():
+                self._tuned = time_state.collect(tuning, open_checkpoint(tuning).items(), self.n_layer)
             shards = tensor_cache.read_index(weights)["records"]
             self.weights_fingerprint = hashlib.sha256(
                 "".join(r.get("md5sum", "") for r in shards).encode()).hexdigest()[:16]
@@ -142,9 +141,11 @@ class CompiledModel:
         return {(i, name): self.read_state(state, i, name)
                 for i in range(self.n_layer) for name in self.state_names}
 
-    def load_state(self, tensors: Mapping[tuple[int, str], np.ndarray], length: int = 0) -> State:
+    def load_state(self, tensors: Mapping[tuple[int, str], np.ndarray], length: int = 0,
+                   partial: bool = False) -> State:
         """A new sequence holding ``tensors`` (``{(layer, name): array}``, every entry of every
         layer, shapes and dtypes as in ``metadata["state"]``); ``length`` is its token count.
+        ``partial``: entries not given are zeros (a state tuning gives only the WKV matrices).
 
         Written through the runtime's own ``rnn_state_set`` inside a begin/end-forward pair, as a
         forward would: the set kernel writes the *next* history entry and ``end_forward`` moves to
@@ -153,6 +154,8 @@ class CompiledModel:
         """
         specs = {s["name"]: (tuple(s["shape"]), s["dtype"]) for s in self.metadata["state"]}
         want = {(i, n) for i in range(self.n_layer) for n in self.state_names}
+        if partial:
+            tensors = {**{key: np.zeros(specs[key[1]][0], specs[key[1]][1]) for key in want}, **tensors}
         if set(tensors) != want:
             missing = sorted(want - set(tensors))
             extra = sorted(set(tensors) - want)

@@ -38,25 +38,6 @@ def _check_model(model: "CompiledModel", path) -> None:
                              "RWKV-5 and RWKV-6); save a state file instead")
 
 
-def full_state(model: "CompiledModel", wkv: dict[tuple[int, str], np.ndarray], path) -> dict:
-    """Every state entry of ``model``: the given WKV matrices, zeros for the token shifts (a fresh
-    sequence has seen no token). Shapes are checked against the library's state."""
-    specs = {s["name"]: (tuple(s["shape"]), s["dtype"]) for s in model.metadata["state"]}
-    shape = specs[ts.ENTRY][0]
-    out = {}
-    for layer in range(model.n_layer):
-        for name, (entry_shape, dtype) in specs.items():
-            if name != ts.ENTRY:
-                out[layer, name] = np.zeros(entry_shape, dtype)
-                continue
-            value = wkv[layer, name]
-            if value.shape != shape:
-                raise TimeStateError(f"{path}: time_state of layer {layer} is {list(value.shape)}, this "
-                                     f"model's WKV state is {list(shape)} (heads, head_size, head_size)")
-            out[layer, name] = value.astype(dtype)
-    return out
-
-
 def read_time_state(path: str | Path, model: "CompiledModel") -> dict[tuple[int, str], np.ndarray]:
     """A time_state file's matrices as the library's state entries ``{(layer, "att_kv"): array}``."""
     path = Path(path)
@@ -77,7 +58,10 @@ def read_time_state(path: str | Path, model: "CompiledModel") -> dict[tuple[int,
 def load_time_state(path: str | Path, model: "CompiledModel") -> "State":
     """A fresh sequence of ``model`` starting from the time_state in ``path``."""
     wkv = read_time_state(path, model)
-    return model.load_state(full_state(model, wkv, path))
+    try:
+        return model.load_state(wkv, partial=True)  # the token shifts start at zero
+    except RWKVRelaxError as err:
+        raise TimeStateError(f"{path}: {err}") from None
 
 
 def save_time_state(path: str | Path, model: "CompiledModel", state: "State") -> Path:
