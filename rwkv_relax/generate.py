@@ -24,6 +24,8 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help=f"one of {', '.join(DEVICE_TARGETS)}")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same text)")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="most tokens per reply")
+    p.add_argument("--time-state", default=None, metavar="FILE",
+                   help="state-tuning file (RWKV-5/6 blocks.<i>.att.time_state) to start from")
     for field, kind in SAMPLING_FLAGS.items():
         p.add_argument(f"--{field.replace('_', '-')}", type=kind, default=None,
                        help="default: the model directory's")
@@ -36,7 +38,7 @@ def sampling_overrides(args) -> dict:
 def open_engine(args, conv_template: str | None = None):
     """The engine the flags name (its first-use library build logs its progress on stderr)."""
     from .jit import Engine
-    return Engine(args.model, args.model_lib, args.device, conv_template=conv_template)
+    return Engine(args.model, args.model_lib, args.device, conv_template=conv_template, time_state=args.time_state)
 
 
 @one_line_errors

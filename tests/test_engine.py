@@ -347,3 +347,31 @@ def test_rwkv6_rwkv7_generate_chat_and_save_state(factory, tmp_path, arch, shape
     again = engine.chat_session(seed=5, max_tokens=8)
     again.load(path)
     assert "".join(again.send("One more.")) == after
+
+
+def test_time_state_flag_starts_every_sequence_from_a_state_tuning(factory, tmp_path, capsys):
+    """``--time-state`` / ``Engine(time_state=...)``: an RWKV-6 state-tuning file (here: the state a
+    prompt reached, saved with save_time_state) is where generation starts; an RWKV-7 model refuses
+    one in one line."""
+    from rwkv_relax.generate import main as generate_main
+    from rwkv_relax.runtime.time_state import TimeStateError, save_time_state
+    from rwkv_relax.tokenizer import default_world_vocab
+    vocab = default_world_vocab()
+    if vocab is None:
+        pytest.skip("the rwkv package (which ships the World vocab) is not installed")
+    model_dir = make_model_dir(factory, "rwkv6", "engine", "q4f16_1", "rwkv-world", vocab, **WORLD6_SHAPE)
+    lib = factory.library(model_dir)
+    plain = Engine(model_dir, lib)
+    _, state = plain.model.prefill(plain.encode("User: tell me about the sea\n\nAssistant:"))
+    tuning = save_time_state(tmp_path / "tuning.pth", plain.model, state)
+    tuned = Engine(model_dir, lib, time_state=tuning)
+    assert tuned.model.initial_state is not None and plain.model.initial_state is None
+    a = "".join(tuned.generate("Once", max_tokens=10, seed=1))
+    assert a != "".join(plain.generate("Once", max_tokens=10, seed=1))
+    capsys.readouterr()
+    assert generate_main(["--model", str(model_dir), "--model-lib", str(lib), "--time-state", str(tuning),
+                          "--prompt", "Once", "--max-tokens", "10", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == a
+    dir7 = make_model_dir(factory, "rwkv7", "engine", "q4f16_1", "rwkv-world", vocab, **WORLD7_SHAPE)
+    with pytest.raises(TimeStateError, match="RWKV7 has no time_state"):
+        Engine(dir7, factory.library(dir7), time_state=tuning)

@@ -45,11 +45,14 @@ class Engine:
 
     ``model_lib``: a library built for this directory (``rwkv_relax.Engine`` builds one when it is
     None, see ``jit.py``). ``conv_template`` overrides the directory's. ``max_sequences`` bounds
-    the live sequences (chat sessions plus one per running ``generate``).
+    the live sequences (chat sessions plus one per running ``generate``). ``time_state``: a
+    state-tuning file (RWKV-5/6 ``blocks.i.att.time_state``) every sequence starts from, in place
+    of the model directory's own (``time_state.safetensors``, kept by convert_weight) or zeros.
     """
 
     def __init__(self, model_dir: str | Path, model_lib: str | Path | None = None,
-                 device: str = "cpu", *, conv_template: str | None = None, max_sequences: int = 8):
+                 device: str = "cpu", *, conv_template: str | None = None, max_sequences: int = 8,
+                 time_state: str | Path | None = None):
         self.model_dir = Path(model_dir)
         self.config = read_chat_config(self.model_dir)
         if device not in DEVICES:
@@ -74,6 +77,9 @@ class Engine:
         if self.tokenizer.vocab_size > self.model.vocab_size:
             raise EngineError(f"the tokenizer has {self.tokenizer.vocab_size} ids but the model only "
                               f"{self.model.vocab_size}; wrong tokenizer in {self.model_dir}")
+        if time_state is not None:
+            from .time_state import load_time_state
+            self.model.initial_state = load_time_state(time_state, self.model)
         self.stats = GenerationStats()
         self._session: ChatSession | None = None
 
