@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..errors import CheckpointError
 from .readers import Checkpoint
 
 
@@ -152,6 +153,13 @@ class CanonicalView:
     def shape(self, canonical: str) -> tuple[int, ...]:
         raw, reshape = self._map[canonical]
         return reshape.shape(self.ckpt.shape(raw))
+
+    def required_shape(self, canonical: str) -> tuple[int, ...]:
+        """``shape``, or a one-line error naming the file's tensor (for inferring a config)."""
+        if canonical not in self:
+            raise CheckpointError(f"{self.path}: missing tensor '{self.file_name(canonical)}' needed to infer "
+                                  "the config")
+        return self.shape(canonical)
 
     def dtype(self, canonical: str) -> str:
         return self.ckpt.dtype(self._map[canonical][0])

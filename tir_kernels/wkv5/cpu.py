@@ -14,8 +14,9 @@ CPU_LANES = 32
 # "cpu": parallel tasks over (head, block of value channels), the block vectorised
 
 
-def _cpu_scan(N: int, L: int):
+def _cpu_scan(N: int, L: int, decay_per_token: bool = False):
     """Macro: scan tokens first..last for head h and value channels j0 .. j0 + L - 1.
+    ``decay_per_token``: w is (T, H, N), RWKV-6's data-dependent decay, instead of (H, N).
 
     The bonus term is factored out of the i loop, because v[t, h, j] does not depend on i:
         out[t, h, j] = v[t, h, j] * sum_i r u k  +  sum_i r[t, h, i] * S_t[h, i, j]
@@ -38,10 +39,13 @@ def _cpu_scan(N: int, L: int):
                 acc[j] = T.float32(0)
             for i in range(T.int64(N)):
                 bonus = bonus + r[t, h, i] * u[h, i] * k[t, h, i]
+                if decay_per_token:  # resolved when the macro is parsed
+                    w_i = T.Bind(w[t, h, i])
+                else:
+                    w_i = T.Bind(w[h, i])
                 for j in T.vectorized(T.int64(L)):
                     acc[j] = acc[j] + r[t, h, i] * s_out[(*state, i, j0 + j)]
-                    s_out[(*state, i, j0 + j)] = (w[h, i] * s_out[(*state, i, j0 + j)]
-                                                  + k[t, h, i] * v[t, h, j0 + j])
+                    s_out[(*state, i, j0 + j)] = w_i * s_out[(*state, i, j0 + j)] + k[t, h, i] * v[t, h, j0 + j]
             for j in T.vectorized(T.int64(L)):
                 out[t, h, j0 + j] = acc[j] + bonus * v[t, h, j0 + j]
 

@@ -9,8 +9,9 @@ DTYPE = "float32"
 # "gpu": one thread per column (h, j), the column in registers
 
 
-def _gpu_scan(N: int, threads: bool):
+def _gpu_scan(N: int, threads: bool, decay_per_token: bool = False):
     """Macro: one thread's scan of column S[.., h, :, j] over tokens first..last.
+    ``decay_per_token``: w is (T, H, N), RWKV-6's data-dependent decay, instead of (H, N).
 
     The column sits in a "local" array; with the i loops unrolled its indices are constants,
     so GPU compilers keep it in registers (nvcc sm_80: no spills). The threads of a block
@@ -28,8 +29,11 @@ def _gpu_scan(N: int, threads: bool):
             acc = T.float32(0)  # plain assignment: a mutable local scalar (TVMScript 0.27)
             for i in (T.unroll(N) if threads else T.serial(N)):
                 kv = k[t, h, i] * v[t, h, j]
-                acc = acc + r[t, h, i] * (u[h, i] * kv + s[i])
-                s[i] = w[h, i] * s[i] + kv
+                acc = acc + r[t, h, i] * (u[h, i] * kv + s[i])  # the state before the token
+                if decay_per_token:  # resolved when the macro is parsed
+                    s[i] = w[t, h, i] * s[i] + kv
+                else:
+                    s[i] = w[h, i] * s[i] + kv
             out[t, h, j] = acc
         for i in (T.unroll(N) if threads else T.serial(N)):
             s_out[(*state, i, j)] = s[i]

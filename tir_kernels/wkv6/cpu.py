@@ -1,53 +1,24 @@
-"""RWKV-6 WKV scan, the "cpu" form (llvm): parallel tasks over (head, block of value channels)."""
+"""RWKV-6 WKV scan, the "cpu" form (llvm): parallel tasks over (head, block of value channels).
+
+The scan body is RWKV-5's (``wkv5/cpu.py``: the bonus factored out of the key loop, the state
+block updated in place after its row is read for the output) with the decay read per token,
+w[t, h, i]; only the kernel signatures differ.
+"""
 
 import math
 
 from tvm.script import tirx as T
 
+from ..wkv5.cpu import CPU_LANES, _cpu_scan
+
 DTYPE = "float32"
-# Value channels per CPU task: 32 lanes = 4 independent AVX2 accumulator chains, enough to hide
-# the FMA latency of the running sums (as measured for the RWKV-5 scan, wkv5/cpu.py).
-CPU_LANES = 32
-
-
-def _cpu_scan(N: int, L: int):
-    """Macro: scan tokens first..last for head h and value channels j0 .. j0 + L - 1.
-
-    The bonus term is factored out of the i loop, because v[t, h, j] does not depend on i:
-        out[t, h, j] = v[t, h, j] * sum_i r u k  +  sum_i r[t, h, i] * S_t[h, i, j]
-    Row i of the state is read for ``out`` before it is decayed and updated in place in s_out,
-    so the output sees the state before the token, as the reference has it. The per-token
-    decay w[t, h, i] is a scalar broadcast like r and k. Loops are int64 like t (an int32 j
-    turns the contiguous v loads into gathers). ``state`` is this head's index prefix.
-    """
-
-    @T.macro
-    def scan(r, k, v, w, u, s_in, s_out, out, state, h, j0, first, last):
-        acc = T.alloc_buffer((L,), DTYPE, scope="local")  # sum_i r S, one lane per j
-        for i in range(T.int64(N)):
-            for j in T.vectorized(T.int64(L)):
-                s_out[(*state, i, j0 + j)] = s_in[(*state, i, j0 + j)]
-        for t in range(first, last + 1):
-            bonus = T.float32(0)  # plain assignment: a mutable local scalar (TVMScript 0.27)
-            for j in T.vectorized(T.int64(L)):
-                acc[j] = T.float32(0)
-            for i in range(T.int64(N)):
-                bonus = bonus + r[t, h, i] * u[h, i] * k[t, h, i]
-                for j in T.vectorized(T.int64(L)):
-                    acc[j] = acc[j] + r[t, h, i] * s_out[(*state, i, j0 + j)]
-                    s_out[(*state, i, j0 + j)] = (w[t, h, i] * s_out[(*state, i, j0 + j)]
-                                                  + k[t, h, i] * v[t, h, j0 + j])
-            for j in T.vectorized(T.int64(L)):
-                out[t, h, j0 + j] = acc[j] + bonus * v[t, h, j0 + j]
-
-    return scan
 
 
 def _wkv6_cpu(H: int, N: int):
     """``wkv6`` for llvm: H * N / L parallel tasks, each a vectorised scan of L columns."""
     L = math.gcd(N, CPU_LANES)
     n_blocks = N // L
-    scan = _cpu_scan(N, L)
+    scan = _cpu_scan(N, L, decay_per_token=True)
 
     @T.prim_func(private=True, s_tir=True)
     def wkv6(var_r: T.handle, var_k: T.handle, var_v: T.handle, var_w: T.handle,
@@ -77,7 +48,7 @@ def _wkv6_ragged_cpu(H: int, N: int):
     """``wkv6_ragged`` for llvm: B * H * N / L parallel tasks over (sequence, head, block)."""
     L = math.gcd(N, CPU_LANES)
     n_blocks = N // L
-    scan = _cpu_scan(N, L)
+    scan = _cpu_scan(N, L, decay_per_token=True)
 
     @T.prim_func(private=True, s_tir=True)
     def wkv6_ragged(var_r: T.handle, var_k: T.handle, var_v: T.handle, var_w: T.handle,

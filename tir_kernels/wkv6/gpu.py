@@ -1,37 +1,14 @@
-"""RWKV-6 WKV scan, the "gpu" form: one thread per column (h, j), the column in registers."""
+"""RWKV-6 WKV scan, the "gpu" form: one thread per column (h, j), the column in registers.
+
+The scan body is RWKV-5's (``wkv5/gpu.py``) with the decay read per token, w[t, h, i]: the
+threads of a block read the same w element at once, a broadcast like r and k.
+"""
 
 from tvm.script import tirx as T
 
+from ..wkv5.gpu import _gpu_scan
+
 DTYPE = "float32"
-
-
-def _gpu_scan(N: int, threads: bool):
-    """Macro: one thread's scan of column S[.., h, :, j] over tokens first..last.
-
-    The column sits in a "local" array; with the i loops unrolled its indices are constants,
-    so GPU compilers keep it in registers. The threads of a block read the same r, k, w, u
-    element at once (a broadcast) and neighbouring v, out, s_in and s_out elements (coalesced).
-    The output term uses s[i] before the decay, as the reference does. ``state`` is the index
-    prefix of this head's state. threads=False leaves the i loops serial, for running the body
-    on llvm.
-    """
-
-    @T.macro
-    def scan(r, k, v, w, u, s_in, s_out, out, state, h, j, first, last):
-        s = T.alloc_buffer((N,), DTYPE, scope="local")  # S[.., h, :, j]
-        for i in (T.unroll(N) if threads else T.serial(N)):
-            s[i] = s_in[(*state, i, j)]
-        for t in range(first, last + 1):
-            acc = T.float32(0)  # plain assignment: a mutable local scalar (TVMScript 0.27)
-            for i in (T.unroll(N) if threads else T.serial(N)):
-                kv = k[t, h, i] * v[t, h, j]
-                acc = acc + r[t, h, i] * (u[h, i] * kv + s[i])
-                s[i] = w[t, h, i] * s[i] + kv
-            out[t, h, j] = acc
-        for i in (T.unroll(N) if threads else T.serial(N)):
-            s_out[(*state, i, j)] = s[i]
-
-    return scan
 
 
 def _wkv6_gpu(H: int, N: int, threads: bool):
@@ -39,7 +16,7 @@ def _wkv6_gpu(H: int, N: int, threads: bool):
 
     threads=False swaps the thread bindings for serial loops so the body can run on llvm.
     """
-    scan = _gpu_scan(N, threads)
+    scan = _gpu_scan(N, threads, decay_per_token=True)
 
     @T.prim_func(private=True, s_tir=True)
     def wkv6(var_r: T.handle, var_k: T.handle, var_v: T.handle, var_w: T.handle,
@@ -71,7 +48,7 @@ def _wkv6_ragged_gpu(H: int, N: int, threads: bool):
     Each block walks its own sequence's token range, the same for all of its threads.
     threads=False swaps the thread bindings for serial loops so the body can run on llvm.
     """
-    scan = _gpu_scan(N, threads)
+    scan = _gpu_scan(N, threads, decay_per_token=True)
 
     @T.prim_func(private=True, s_tir=True)
     def wkv6_ragged(var_r: T.handle, var_k: T.handle, var_v: T.handle, var_w: T.handle,

@@ -80,11 +80,7 @@ def initial_state(view: CanonicalView, cfg: RWKV5Config) -> dict[tuple[int, str]
 
 def infer_config(view: CanonicalView, **overrides) -> RWKV5Config:
     """Shapes from the tensors; rescale_every from a Hugging Face config.json when present."""
-    def shape(name):
-        if name not in view:
-            raise CheckpointError(f"{view.path}: missing tensor '{view.file_name(name)}' needed to infer the config")
-        return view.shape(name)
-
+    shape = view.required_shape
     layers = [int(m.group(1)) for n in view.names() if (m := re.match(r"blocks\.(\d+)\.", n))]
     V, C = shape("emb.weight")
     A = shape("blocks.0.att.key.weight")[0]

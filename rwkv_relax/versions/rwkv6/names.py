@@ -88,11 +88,7 @@ def infer_config(view: CanonicalView, **overrides) -> RWKV6Config:
     """Every width from the tensor shapes: heads from time_faaaa, D_mix from time_maa_w1 (five
     blocks), D_decay from time_decay_w1, the FFN from ffn.key; rescale_every from a Hugging Face
     config.json when present."""
-    def shape(name):
-        if name not in view:
-            raise CheckpointError(f"{view.path}: missing tensor '{view.file_name(name)}' needed to infer the config")
-        return view.shape(name)
-
+    shape = view.required_shape
     layers = [int(m.group(1)) for n in view.names() if (m := re.match(r"blocks\.(\d+)\.", n))]
     V, C = shape("emb.weight")
     A = shape("blocks.0.att.key.weight")[0]

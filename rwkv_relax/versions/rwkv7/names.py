@@ -118,11 +118,7 @@ def table(cfg: RWKV7Config) -> TensorTable:
 def infer_config(view: CanonicalView, **overrides) -> RWKV7Config:
     """Every width from the tensor shapes: heads from r_k, the LoRA widths from w1 / a1 / g1 and
     layer 1's v1 (layer 0's may be missing or a dummy), the FFN from ffn.key."""
-    def shape(name):
-        if name not in view:
-            raise CheckpointError(f"{view.path}: missing tensor '{view.file_name(name)}' needed to infer the config")
-        return view.shape(name)
-
+    shape = view.required_shape
     layers = {int(m.group(1)) for n in view.names() if (m := re.match(r"blocks\.(\d+)\.", n))}
     n_layer = max(layers) + 1
     V, C = shape("emb.weight")
