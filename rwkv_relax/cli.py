@@ -19,7 +19,16 @@ class OneLineParser(argparse.ArgumentParser):
     """Usage errors as one ``error:`` line and exit status 2, like every other error."""
 
     def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+# characters str.splitlines() breaks at: user text echoed in a message must not split its line
+_LINE_BREAKS = {c: ascii(chr(c))[1:-1] for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)}
+
+
+def one_line(message: str) -> str:
+    """``message`` with its line-breaking characters escaped (``\n`` -> ``\\n``)."""
+    return str(message).translate(_LINE_BREAKS)
 
 
 def one_line_errors(main):
@@ -30,7 +39,7 @@ def one_line_errors(main):
         try:
             return main(argv)
         except RWKVRelaxError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -90,6 +92,7 @@ class RWKVConfig(ConfigBase):
 
     def __post_init__(self):
         name = type(self).__name__
+        check_field_types(self)
         if min(self.n_layer, self.n_embd, self.vocab_size) <= 0:
             raise ConfigError(f"{name} needs positive n_layer, n_embd, vocab_size "
                               f"(got {self.n_layer}, {self.n_embd}, {self.vocab_size})")
@@ -103,6 +106,40 @@ class RWKVConfig(ConfigBase):
             raise ConfigError(f"fp32_layers {bad} are not layers of this {self.n_layer}-layer model")
         if self.dtype not in ("float32", "float16"):
             raise ConfigError(f"dtype must be float32 or float16, not {self.dtype!r}")
+
+
+def _type_error(cfg, field: str, want: str, value) -> ConfigError:
+    return ConfigError(f"{type(cfg).__name__}: {field} must be {want}, got {value!r} "
+                       f"({type(value).__name__}); fix the config file, preset or --overrides")
+
+
+def check_field_types(cfg: ConfigBase) -> None:
+    """Each declared field holds a value of its annotated type (JSON has no schema: a string where a
+    number belongs would otherwise surface as a Python comparison error much later). Integral
+    floats (``6.0``) become ints; ints become floats where a float is declared."""
+    for f in dataclasses.fields(cfg):
+        if f.name == "extra" or not f.init:
+            continue
+        value, kind = getattr(cfg, f.name), str(f.type)
+        if kind == "int":
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise _type_error(cfg, f.name, "an integer", value)
+            value = int(value)
+        elif kind == "float":
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise _type_error(cfg, f.name, "a finite number", value)
+            value = float(value)
+        elif kind == "str":
+            if not isinstance(value, str):
+                raise _type_error(cfg, f.name, "a string", value)
+        elif kind == "list":
+            if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                                                  for v in value):
+                raise _type_error(cfg, f.name, "a list of integers", value)
+            value = [int(v) for v in value]
+        setattr(cfg, f.name, value)
 
 
 # ---- presets: package data (rwkv_relax/presets/*.json), found through importlib.resources ----------

@@ -57,13 +57,15 @@ class ModelSpec:
         return self.part("random").random_tensors(**shape)
 
 
-@functools.cache
 def get_spec(name: str) -> ModelSpec:
-    try:
-        module = VERSIONS[name]
-    except KeyError:
-        raise ConfigError(f"unknown model_type '{name}'; supported: {', '.join(VERSIONS)}") from None
-    return importlib.import_module(module).SPEC
+    if not isinstance(name, str) or name not in VERSIONS:
+        raise ConfigError(f"unknown model_type {name!r}; supported: {', '.join(VERSIONS)}")
+    return _load_spec(name)
+
+
+@functools.cache
+def _load_spec(name: str) -> ModelSpec:
+    return importlib.import_module(VERSIONS[name]).SPEC
 
 
 def all_specs() -> list[ModelSpec]:

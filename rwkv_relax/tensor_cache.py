@@ -38,14 +38,48 @@ def write(params: Iterable[tuple[str, np.ndarray]], out_dir: Path, total: int, m
 
 
 def read_index(path: str | Path) -> dict:
+    """The index, checked against the format (every field the loaders read, with its JSON type)."""
     path = Path(path)
     try:
-        return json.loads((path / CACHE_JSON).read_text())
+        index = json.loads((path / CACHE_JSON).read_text())
     except FileNotFoundError:
         raise TensorCacheError(f"{path} has no {CACHE_JSON}; convert weights with "
                                "python -m rwkv_relax.convert_weight") from None
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise TensorCacheError(f"{path / CACHE_JSON} is corrupt ({err}); re-run convert_weight") from None
+    problem = _index_problem(index)
+    if problem:
+        raise TensorCacheError(f"{path / CACHE_JSON} is not a tensor-cache index ({problem}); re-run convert_weight")
+    return index
+
+
+_INT = (lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0, "a non-negative integer")
+_STR = (lambda x: isinstance(x, str), "a string")
+_SHARD = {"dataPath": _STR, "format": _STR, "nbytes": _INT, "records": (lambda x: isinstance(x, list), "a list")}
+_RECORD = {"name": _STR, "dtype": _STR, "format": _STR, "nbytes": _INT, "byteOffset": _INT,
+           "shape": (lambda x: isinstance(x, list) and all(_INT[0](n) for n in x), "a list of sizes")}
+
+
+def _index_problem(index) -> str | None:
+    """What makes ``index`` unreadable, or None."""
+    if not isinstance(index, dict):
+        return f"a {type(index).__name__}, not an object"
+    if not isinstance(index.get("metadata"), dict):
+        return "no 'metadata' object"
+    if not isinstance(index.get("records"), list):
+        return "no 'records' list"
+    for i, shard in enumerate(index["records"]):
+        for where, obj, fields in [(f"records[{i}]", shard, _SHARD)] + [
+                (f"records[{i}].records[{j}]", rec, _RECORD)
+                for j, rec in enumerate(shard.get("records", []) if isinstance(shard, dict) else [])]:
+            if not isinstance(obj, dict):
+                return f"{where} is not an object"
+            for field, (ok, want) in fields.items():
+                if field not in obj:
+                    return f"{where} has no '{field}'"
+                if not ok(obj[field]):
+                    return f"{where}.{field} must be {want}, got {obj[field]!r}"
+    return None
 
 
 def verify(path: str | Path) -> dict:

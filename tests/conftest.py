@@ -3,7 +3,10 @@ once per test session and shared by every test that asks for the same thing."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,3 +54,21 @@ def factory(tmp_path_factory):
 def rng(request):
     # a fresh, test-specific stream: different tests see different random inputs
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def pytest_configure(config):
+    # where test_fuzz.py counts its cases; set in the controller, inherited by xdist's workers
+    if not os.environ.get("RWKV_FUZZ_COUNTS"):
+        os.environ["RWKV_FUZZ_COUNTS"] = tempfile.mkdtemp(prefix="rwkv_fuzz_counts_")
+
+
+def pytest_terminal_summary(terminalreporter):
+    folder = Path(os.environ.get("RWKV_FUZZ_COUNTS", ""))
+    counts: dict[str, int] = {}
+    for f in folder.glob("*.*") if folder.is_dir() else ():
+        surface = f.name.rsplit(".", 1)[0]
+        counts[surface] = counts.get(surface, 0) + f.stat().st_size
+    if counts:
+        terminalreporter.write_sep("-", f"fuzz cases per surface ({sum(counts.values())} in all)")
+        for surface, n in sorted(counts.items()):
+            terminalreporter.write_line(f"{n:6d}  {surface}")

@@ -166,3 +166,42 @@ def test_runtime_rejects_bad_tokens(factory):
         model.prefill([1, SMALL["vocab_size"]])
     with pytest.raises(RWKVRelaxError, match="empty"):
         model.prefill([])
+
+
+# ---- the three defects of the fuzzing issue, pinned -------------------------------------------
+
+
+def test_config_field_of_the_wrong_type_is_named(tmp_path, capsys):
+    import json
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "rwkv5", "n_layer": "three", "n_embd": 128, "vocab_size": 1024}))
+    msg = run_build(tmp_path, capsys, cfg)
+    assert "n_layer must be an integer, got 'three'" in msg and "<" not in msg
+
+
+def test_integer_weight_is_refused(tmp_path, capsys, good):
+    state = {k: torch.from_numpy(v) for k, v in good.items()}
+    state["blocks.0.att.key.weight"] = state["blocks.0.att.key.weight"].to(torch.int32)
+    torch.save(state, tmp_path / "int.pth")
+    msg = run_build(tmp_path, capsys, tmp_path / "int.pth")
+    assert "'blocks.0.att.key.weight' is int32" in msg and "floating point" in msg
+    from rwkv_relax import convert_weight
+    assert convert_weight.main([str(tmp_path / "int.pth"), "--quantization", "q0f32", "-o", str(tmp_path / "p")]) == 2
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("head,what", [(b"", "is empty"), (b"GGUF\x03\x00\x00\x00", "GGUF"),
+                                       (None, "not a zip archive (torch.save), not a pickle")])
+def test_file_kind_is_said_from_the_bytes(tmp_path, capsys, head, what):
+    import numpy as np
+    p = tmp_path / "m.pth"
+    p.write_bytes(np.random.default_rng(0).bytes(5000) if head is None else head + b"\0" * (64 if head else 0))
+    assert what in run_build(tmp_path, capsys, p)
+
+
+def test_misnamed_safetensors_still_loads(tmp_path, good):
+    """Loaders are chosen by the bytes: a safetensors file named .pth reads as what it is."""
+    from rwkv_relax.loaders import open_checkpoint
+    p = write_checkpoint(good, tmp_path / "m.safetensors")
+    renamed = p.rename(tmp_path / "m.pth")
+    assert open_checkpoint(renamed).shape("emb.weight") == good["emb.weight"].shape

@@ -161,6 +161,16 @@ class CanonicalView:
                                   "the config")
         return self.shape(canonical)
 
+    def hf_rescale_every(self) -> int | None:
+        """A Hugging Face ``config.json``'s ``rescale_every`` (None when absent); transformers reads
+        a value <= 0 as "never", which is our 0."""
+        if "rescale_every" not in self.hf_config:
+            return None
+        value = self.hf_config["rescale_every"]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CheckpointError(f"{self.path}: config.json's rescale_every must be an integer, got {value!r}")
+        return max(value, 0)
+
     def dtype(self, canonical: str) -> str:
         return self.ckpt.dtype(self._map[canonical][0])
 

@@ -132,13 +132,42 @@ def _end_offset(path: Path) -> int:
     return 8 + n + (max(ends) if ends else 0)
 
 
+def file_kind(path: Path) -> str:
+    """What the file's first bytes say it is: "zip" (torch.save), "pickle" (legacy torch.save),
+    "safetensors", "gguf", "empty" or "unknown". Loaders are picked by this, not by the suffix,
+    so that a misnamed file still loads and a foreign one is named for what it is not."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "empty"
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[:4] == b"GGUF":
+        return "gguf"
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:  # PROTO opcode, protocol 2..5
+        return "pickle"
+    if len(head) >= 9 and 2 <= int.from_bytes(head[:8], "little") <= size - 8 and head[8:9] == b"{":
+        return "safetensors"
+    return "unknown"
+
+
 def _read_file(path: Path) -> dict:
-    if path.suffix == ".safetensors":
+    kind = file_kind(path)
+    if kind == "safetensors":
         return _read_safetensors(path)
-    if path.suffix in (".pth", ".pt", ".bin"):
+    if kind in ("zip", "pickle"):
         return _read_torch(path)
-    raise CheckpointError(f"{path}: unknown checkpoint format '{path.suffix}'; "
-                          f"expected one of {', '.join(WEIGHT_SUFFIXES)} or a folder of them")
+    if kind == "empty":
+        raise CheckpointError(f"{path} is empty (0 bytes); re-download or re-export it")
+    if kind == "gguf":
+        raise CheckpointError(f"{path} is a GGUF file (llama.cpp's format), not a checkpoint rwkv_relax reads; "
+                              "give the original BlinkDL .pth or Hugging Face .safetensors")
+    with open(path, "rb") as f:
+        first = f.read(8).hex(" ")
+    raise CheckpointError(f"{path} is not a checkpoint: not a zip archive (torch.save), not a pickle (legacy "
+                          f"torch.save), not safetensors (first bytes: {first}); expected one of "
+                          f"{', '.join(WEIGHT_SUFFIXES)}, complete")
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -169,7 +198,12 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         files = _weight_files(path)
         cfg_file = path / "config.json"
         if cfg_file.is_file():
-            hf_config = json.loads(cfg_file.read_text())
+            try:
+                hf_config = json.loads(cfg_file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise CheckpointError(f"{cfg_file} is not valid JSON ({err}); fix or remove it") from None
+            if not isinstance(hf_config, dict):
+                raise CheckpointError(f"{cfg_file} holds a {type(hf_config).__name__}, not a JSON object")
     else:
         files = [path]
     tensors: dict = {}

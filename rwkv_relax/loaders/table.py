@@ -9,6 +9,10 @@ import numpy as np
 from ..errors import CheckpointError
 from .layouts import CanonicalView
 
+# what a weight may be stored as (float64 converters exist; it is cast exactly like the rest):
+# an integer, bool or complex tensor where a weight belongs means a corrupt or foreign file
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
 
 @dataclasses.dataclass(frozen=True)
 class ParamSource:
@@ -50,10 +54,13 @@ class TensorTable:
             if tuple(got) != tuple(shape):
                 raise CheckpointError(f"{view.path}: tensor '{view.file_name(canon)}' has shape "
                                       f"{tuple(got)}, expected {tuple(shape)}")
+            _check_dtype(view, canon)
         for canon, shape in self.optional.items():
             if canon in present and tuple(view.shape(canon)) != tuple(shape):
                 raise CheckpointError(f"{view.path}: tensor '{view.file_name(canon)}' has shape "
                                       f"{tuple(view.shape(canon))}, expected {tuple(shape)}")
+            if canon in present:
+                _check_dtype(view, canon)
         for canon in view.names():
             if canon not in self.shapes and canon not in self.ignored and canon not in self.optional:
                 raise CheckpointError(f"{view.path}: unexpected tensor '{view.file_name(canon)}' (not part of "
@@ -74,3 +81,11 @@ class TensorTable:
                                       "the checkpoint is corrupt")
             arrays.append(arr)
         return np.ascontiguousarray(entry.transform(*arrays))
+
+
+def _check_dtype(view: CanonicalView, canon: str) -> None:
+    dtype = view.dtype(canon)
+    if dtype not in FLOAT_DTYPES:
+        raise CheckpointError(f"{view.path}: tensor '{view.file_name(canon)}' is {dtype}, but RWKV weights are "
+                              "floating point (float32, float16, bfloat16); the file is corrupt or not an RWKV "
+                              "weight file")

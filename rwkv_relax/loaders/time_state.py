@@ -40,6 +40,8 @@ def collect(path: Path | str, named: Iterable[tuple[str, np.ndarray]], n_layer: 
         if np.ndim(array) != 3:
             raise CheckpointError(f"{path}: '{name}' has shape {list(np.shape(array))}, expected [heads, "
                                   "head_size, head_size]")
+        if not np.issubdtype(np.asarray(array).dtype, np.floating):
+            raise CheckpointError(f"{path}: '{name}' is {np.asarray(array).dtype}, but a state is floating point")
         if not np.all(np.isfinite(array)):
             raise CheckpointError(f"{path}: '{name}' holds NaN or Inf values; the state file is corrupt")
         found[layer] = tf.state_value_key_to_key_value(np.asarray(array, np.float32))

@@ -4,6 +4,7 @@ names), the tensor cache and the tokenizer files."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..config import CHAT_CONFIG
@@ -33,7 +34,25 @@ def read_chat_config(model_dir: str | Path) -> dict:
         raise EngineError(f"{path} is not valid JSON ({err}); re-run gen_config") from None
     if not isinstance(config, dict) or "model_type" not in config:
         raise EngineError(f"{path} has no model_type; re-run gen_config")
+    for field, (check, want) in _CHAT_FIELDS.items():
+        if field in config and not check(config[field]):
+            raise EngineError(f"{path}: {field} must be {want}, got {config[field]!r}; fix it or re-run gen_config")
     return config
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# the fields of mlc-chat-config.json the runtime reads, with their JSON types
+_CHAT_FIELDS = {
+    "model_type": (lambda x: isinstance(x, str), "a string"),
+    "conv_template": (lambda x: isinstance(x, str), "a string"),
+    "tokenizer_files": (lambda x: isinstance(x, list) and all(isinstance(n, str) for n in x), "a list of file names"),
+    **{f: (_number, "a finite number") for f in ("temperature", "top_p", "presence_penalty", "frequency_penalty",
+                                                 "penalty_decay", "repetition_penalty")},
+    "top_k": (lambda x: isinstance(x, int) and not isinstance(x, bool), "an integer"),
+}
 
 
 def load_dir_tokenizer(model_dir: Path, config: dict):

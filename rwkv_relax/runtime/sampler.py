@@ -34,6 +34,8 @@ a plain argmax instead of a random pick among tied maxima.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable, Collection, Iterable
 
 import numpy as np
@@ -61,6 +63,12 @@ class Sampler:
                  penalty_decay: float = 0.996, token_ban: Iterable[int] = (),
                  token_stop: Iterable[int] = (), uncounted_ids: Collection[int] = (),
                  seed: int | np.random.Generator | None = None):
+        for name, value in (("temperature", temperature), ("top_p", top_p), ("presence_penalty", presence_penalty),
+                            ("frequency_penalty", frequency_penalty), ("penalty_decay", penalty_decay)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise SamplerError(f"{name} must be a finite number, got {value!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+            raise SamplerError(f"top_k must be an integer (0 = off), got {top_k!r}")
         if temperature < 0:
             raise SamplerError(f"temperature must be >= 0, got {temperature}")
         if not 0 <= top_p:

@@ -89,6 +89,6 @@ def infer_config(view: CanonicalView, **overrides) -> RWKV5Config:
                   dim_ffn=shape("blocks.0.ffn.key.weight")[0])
     if A != H * N:
         raise CheckpointError(f"{view.path}: time_decay {H}x{N} does not match dim_att {A}")
-    if "rescale_every" in view.hf_config:
-        fields["rescale_every"] = int(view.hf_config["rescale_every"])
+    if view.hf_rescale_every() is not None:
+        fields["rescale_every"] = view.hf_rescale_every()
     return RWKV5Config.from_dict({**fields, **overrides})

@@ -102,6 +102,6 @@ def infer_config(view: CanonicalView, **overrides) -> RWKV6Config:
     fields = dict(n_layer=max(layers) + 1, n_embd=C, vocab_size=V, head_size=N, dim_att=A,
                   dim_ffn=shape("blocks.0.ffn.key.weight")[0], dim_mix_lora=mix_width // len(MIXES),
                   dim_decay_lora=shape("blocks.0.att.time_decay_w1")[1])
-    if "rescale_every" in view.hf_config:
-        fields["rescale_every"] = max(int(view.hf_config["rescale_every"]), 0)
+    if view.hf_rescale_every() is not None:
+        fields["rescale_every"] = view.hf_rescale_every()
     return RWKV6Config.from_dict({**fields, **overrides})
