@@ -240,8 +240,10 @@ def test_cli_flags(tmp_path_factory, capsys, cli, argv):
         if flag == "--model" and value in ("q4f16_1", "llvm", "metal", "x"):
             value = "/nonexistent/model"
         flat += [flag, str(work / "out") if flag == "-o" else value]
-    if cli in ("convert_weight",):
-        flat = ["/nonexistent/ckpt.pth", *flat]
+    # a model that is never valid, first (argparse keeps the last --model): without one, build
+    # compiles its default preset
+    flat = {"convert_weight": ["/nonexistent/ckpt.pth"], "gen_config": ["/nonexistent/model"]}.get(
+        cli, ["--model", "/nonexistent/model"]) + flat
     cwd = os.getcwd()
     os.chdir(work)
     try:
