@@ -27,6 +27,7 @@ the numpy twins.
 import numpy as np
 from tvm.script import tirx as T
 
+from ..twins import run_ragged
 from .cpu import CPU_LANES, _wkv5_cpu, _wkv5_ragged_cpu  # noqa: F401
 from .gpu import _wkv5_gpu, _wkv5_ragged_gpu
 
@@ -128,13 +129,4 @@ def wkv5_numpy(r, k, v, w, u, s):
 
 def wkv5_ragged_numpy(r, k, v, w, u, s, seg_last):
     """Numpy twin of ``wkv5_ragged``: ``wkv5_numpy`` on each packed sequence in turn."""
-    seg_last = np.asarray(seg_last, np.int64)
-    first = np.concatenate([[0], seg_last[:-1] + 1])
-    if np.any(seg_last < first) or seg_last[-1] != r.shape[0] - 1:
-        raise ValueError(f"seg_last {seg_last.tolist()} does not split {r.shape[0]} tokens "
-                         "into non-empty sequences")
-    out = np.empty(r.shape, np.float32)  # (T_total, H, N)
-    s_new = np.empty(s.shape, np.float32)  # (B, H, N, N)
-    for b, (lo, hi) in enumerate(zip(first, seg_last + 1)):
-        out[lo:hi], s_new[b] = wkv5_numpy(r[lo:hi], k[lo:hi], v[lo:hi], w, u, s[b])
-    return out, s_new
+    return run_ragged(wkv5_numpy, (r, k, v, w, u), (True, True, True, False, False), s, seg_last)

@@ -24,6 +24,7 @@ Single-sequence and ragged kernels share their scan bodies through ``T.macro``.
 """
 import numpy as np
 
+from ..twins import check_sizes, run_ragged
 from .cpu import CPU_LANES, _wkv6_cpu, _wkv6_ragged_cpu  # noqa: F401  (tests read CPU_LANES)
 from .gpu import _wkv6_gpu, _wkv6_ragged_gpu
 
@@ -36,7 +37,7 @@ def wkv6(H: int, N: int, target: str = "cpu"):
     r, k, v, w, out: (T, H, N) with T symbolic; u: (H, N); s_in, s_out: (H, N, N) laid out
     [head, key, value]. s_in is only read. Needs T >= 1 (for T = 0 s_out is never written).
     """
-    _check_sizes(H, N)
+    check_sizes(H, N)
     if target == "cpu":
         return _wkv6_cpu(H, N)
     if target == "gpu":
@@ -52,18 +53,12 @@ def wkv6_ragged(H: int, N: int, target: str = "cpu"):
     token of each sequence (inclusive), so sequence b spans seg_last[b-1]+1 .. seg_last[b] and
     sequence 0 starts at 0. Every sequence must have at least one token. B and T_total symbolic.
     """
-    _check_sizes(H, N)
+    check_sizes(H, N)
     if target == "cpu":
         return _wkv6_ragged_cpu(H, N)
     if target == "gpu":
         return _wkv6_ragged_gpu(H, N, threads=True)
     raise ValueError(f"unknown wkv6_ragged target {target!r}; choose one of {WKV6_TARGETS}")
-
-
-def _check_sizes(H: int, N: int) -> None:
-    for name, size in (("H", H), ("N", N)):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"{name} must be a positive Python int, got {size!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,13 +80,4 @@ def wkv6_numpy(r, k, v, w, u, s):
 
 def wkv6_ragged_numpy(r, k, v, w, u, s, seg_last):
     """Numpy twin of ``wkv6_ragged``: ``wkv6_numpy`` on each packed sequence in turn."""
-    seg_last = np.asarray(seg_last, np.int64)
-    first = np.concatenate([[0], seg_last[:-1] + 1])
-    if np.any(seg_last < first) or seg_last[-1] != r.shape[0] - 1:
-        raise ValueError(f"seg_last {seg_last.tolist()} does not split {r.shape[0]} tokens "
-                         "into non-empty sequences")
-    out = np.empty(r.shape, np.float32)  # (T_total, H, N)
-    s_new = np.empty(s.shape, np.float32)  # (B, H, N, N)
-    for b, (lo, hi) in enumerate(zip(first, seg_last + 1)):
-        out[lo:hi], s_new[b] = wkv6_numpy(r[lo:hi], k[lo:hi], v[lo:hi], w[lo:hi], u, s[b])
-    return out, s_new
+    return run_ragged(wkv6_numpy, (r, k, v, w, u), (True, True, True, True, False), s, seg_last)

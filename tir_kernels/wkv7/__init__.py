@@ -29,6 +29,7 @@ Single-sequence and ragged kernels share their scan bodies through ``T.macro``. 
 """
 import numpy as np
 
+from ..twins import check_sizes, run_ragged
 from .cpu import CPU_LANES, CPU_LONG_SEQ, _wkv7_cpu, _wkv7_ragged_cpu  # noqa: F401  (tests read them)
 from .gpu import _wkv7_gpu, _wkv7_ragged_gpu
 
@@ -42,7 +43,7 @@ def wkv7(H: int, N: int, target: str = "cpu"):
     r, w, k, v, a, b, out: (T, H, N) with T symbolic; s_in, s_out: (H, N, N) laid out
     [head, value, key]. s_in is only read. Needs T >= 1 (for T = 0 s_out is never written).
     """
-    _check_sizes(H, N)
+    check_sizes(H, N)
     if target == "cpu":
         return _wkv7_cpu(H, N)
     if target == "gpu":
@@ -59,18 +60,12 @@ def wkv7_ragged(H: int, N: int, target: str = "cpu"):
     and sequence 0 starts at 0. Every sequence must have at least one token. B and T_total
     symbolic.
     """
-    _check_sizes(H, N)
+    check_sizes(H, N)
     if target == "cpu":
         return _wkv7_ragged_cpu(H, N)
     if target == "gpu":
         return _wkv7_ragged_gpu(H, N, threads=True)
     raise ValueError(f"unknown wkv7_ragged target {target!r}; choose one of {WKV7_RAGGED_TARGETS}")
-
-
-def _check_sizes(H: int, N: int) -> None:
-    for name, size in (("H", H), ("N", N)):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"{name} must be a positive Python int, got {size!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,14 +88,4 @@ def wkv7_numpy(r, w, k, v, a, b, s):
 
 def wkv7_ragged_numpy(r, w, k, v, a, b, s, seg_last):
     """Numpy twin of ``wkv7_ragged``: ``wkv7_numpy`` on each packed sequence in turn."""
-    seg_last = np.asarray(seg_last, np.int64)
-    first = np.concatenate([[0], seg_last[:-1] + 1])
-    if np.any(seg_last < first) or seg_last[-1] != r.shape[0] - 1:
-        raise ValueError(f"seg_last {seg_last.tolist()} does not split {r.shape[0]} tokens "
-                         "into non-empty sequences")
-    out = np.empty(r.shape, np.float32)  # (T_total, H, N)
-    s_new = np.empty(s.shape, np.float32)  # (B, H, N, N)
-    for bi, (lo, hi) in enumerate(zip(first, seg_last + 1)):
-        seq = slice(lo, hi)
-        out[seq], s_new[bi] = wkv7_numpy(r[seq], w[seq], k[seq], v[seq], a[seq], b[seq], s[bi])
-    return out, s_new
+    return run_ragged(wkv7_numpy, (r, w, k, v, a, b), (True,) * 6, s, seg_last)
