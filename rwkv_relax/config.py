@@ -108,6 +108,16 @@ class RWKVConfig(ConfigBase):
             raise ConfigError(f"dtype must be float32 or float16, not {self.dtype!r}")
 
 
+def is_integer(x) -> bool:
+    """An integer as JSON and numpy give them (bool is not one)."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def is_finite_number(x) -> bool:
+    """A finite int or float (bool, NaN and infinities are not)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _type_error(cfg, field: str, want: str, value) -> ConfigError:
     return ConfigError(f"{type(cfg).__name__}: {field} must be {want}, got {value!r} "
                        f"({type(value).__name__}); fix the config file, preset or --overrides")
@@ -124,19 +134,18 @@ def check_field_types(cfg: ConfigBase) -> None:
         if kind == "int":
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            if not is_integer(value):
                 raise _type_error(cfg, f.name, "an integer", value)
             value = int(value)
         elif kind == "float":
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            if not is_finite_number(value):
                 raise _type_error(cfg, f.name, "a finite number", value)
             value = float(value)
         elif kind == "str":
             if not isinstance(value, str):
                 raise _type_error(cfg, f.name, "a string", value)
         elif kind == "list":
-            if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
-                                                  for v in value):
+            if not isinstance(value, list) or not all(is_integer(v) for v in value):
                 raise _type_error(cfg, f.name, "a list of integers", value)
             value = [int(v) for v in value]
         setattr(cfg, f.name, value)

@@ -11,6 +11,7 @@ from typing import Iterable
 
 import numpy as np
 
+from .config import is_integer
 from .errors import RWKVRelaxError
 
 CACHE_JSON = "tensor-cache.json"
@@ -53,7 +54,7 @@ def read_index(path: str | Path) -> dict:
     return index
 
 
-_INT = (lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0, "a non-negative integer")
+_INT = (lambda x: is_integer(x) and x >= 0, "a non-negative integer")
 _STR = (lambda x: isinstance(x, str), "a string")
 _SHARD = {"dataPath": _STR, "format": _STR, "nbytes": _INT, "records": (lambda x: isinstance(x, list), "a list")}
 _RECORD = {"name": _STR, "dtype": _STR, "format": _STR, "nbytes": _INT, "byteOffset": _INT,

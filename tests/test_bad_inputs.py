@@ -5,6 +5,7 @@ import collections
 
 import pytest
 import torch
+from cli_harness import run_build
 
 from rwkv_relax import build as build_cli
 from rwkv_relax.loaders.layouts import HF_RWKV
@@ -12,18 +13,6 @@ from rwkv_relax.testing.random_weights import write_checkpoint
 from rwkv_relax.versions.rwkv5.random import random_tensors as rwkv5_tensors
 
 SMALL = dict(n_layer=2, n_embd=128, vocab_size=1024, dim_ffn=448)
-
-
-def run_build(tmp_path, capsys, model, *extra):
-    out = tmp_path / "out" / "lib.so"
-    code = build_cli.main(["--model", str(model), "--target", "llvm", "-o", str(out), *extra])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    lines = [l for l in err.splitlines() if not l.startswith("[")]  # TVM's own log lines start with [
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert not out.exists()
-    assert not any((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
-    return lines[0]
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cli_harness import build_lib, run_build
 
-from rwkv_relax import build as build_cli
 from rwkv_relax import load_model
 from rwkv_relax.config import list_presets
 from rwkv_relax.errors import ConfigError
@@ -62,12 +62,6 @@ def test_attention_width_other_than_n_embd(tmp_path, rng):
                                       {k: v.astype(np.float64) for k, v in params.items()})
     want = ref.forward(tokens)[0]
     np.testing.assert_allclose(model.prefill(tokens)[0], want, atol=2e-5 * np.abs(want).max(), rtol=0)
-
-
-def build_lib(ckpt, tmp_path, *extra):
-    lib = tmp_path / "lib.so"
-    assert build_cli.main(["--model", str(ckpt), "--target", "llvm", "-o", str(lib), *extra]) == 0
-    return lib
 
 
 # ---- state tuning ---------------------------------------------------------------------------
@@ -172,17 +166,6 @@ def test_preset_sizes():
     for size, shape in expected.items():
         cfg = resolve_model(f"rwkv6-world-{size}").config
         assert (cfg.n_layer, cfg.n_embd, cfg.dim_mix_lora, cfg.dim_decay_lora) == shape, size
-
-
-def run_build(tmp_path, capsys, model) -> str:
-    out = tmp_path / "out" / "lib.so"
-    code = build_cli.main(["--model", str(model), "--target", "llvm", "-o", str(out)])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    lines = [l for l in err.splitlines() if not l.startswith("[")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert not out.exists() and not (tmp_path / "out").exists()
-    return lines[0]
 
 
 def test_missing_or_misshaped_lora(tmp_path, capsys):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cli_harness import build_lib, run_build
 
-from rwkv_relax import build as build_cli
 from rwkv_relax import load_model
 from rwkv_relax.config import list_presets
 from rwkv_relax.errors import ConfigError
@@ -40,15 +40,9 @@ def test_one_layer_model_needs_no_value_lora(tmp_path, rng):
     for name in ("v0", "v1", "v2"):
         del t[f"blocks.0.att.{name}"]
     ckpt = write_checkpoint(t, tmp_path / "one.pth")
-    model = load_model(build_cli_lib(ckpt, tmp_path), ckpt)
+    model = load_model(build_lib(ckpt, tmp_path), ckpt)
     assert model.metadata["model_config"]["dim_v_lora"] == 0
     assert np.isfinite(model.prefill(rng.integers(0, 1024, 5))[0]).all()
-
-
-def build_cli_lib(ckpt, tmp_path):
-    lib = tmp_path / "lib.so"
-    assert build_cli.main(["--model", str(ckpt), "--target", "llvm", "-o", str(lib)]) == 0
-    return lib
 
 
 def test_layer0_value_lora_absent_or_dummy_gives_same_logits(small, tmp_path, rng):
@@ -96,17 +90,6 @@ def test_preset_sizes():
         cfg = resolve_model(f"rwkv7-world-{size}").config
         assert (cfg.n_layer, cfg.n_embd) == shape, size
     assert resolve_model("rwkv7-world-1.5b").config.dim_gate_lora == 256
-
-
-def run_build(tmp_path, capsys, model) -> str:
-    out = tmp_path / "out" / "lib.so"
-    code = build_cli.main(["--model", str(model), "--target", "llvm", "-o", str(out)])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    lines = [l for l in err.splitlines() if not l.startswith("[")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert not out.exists() and not (tmp_path / "out").exists()
-    return lines[0]
 
 
 def test_lora_tensor_missing_or_misshaped(tmp_path, capsys):

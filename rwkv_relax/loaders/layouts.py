@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..config import is_integer
 from ..errors import CheckpointError
 from .readers import Checkpoint
 
@@ -167,7 +168,7 @@ class CanonicalView:
         if "rescale_every" not in self.hf_config:
             return None
         value = self.hf_config["rescale_every"]
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_integer(value):
             raise CheckpointError(f"{self.path}: config.json's rescale_every must be an integer, got {value!r}")
         return max(value, 0)
 

@@ -132,13 +132,11 @@ def _end_offset(path: Path) -> int:
     return 8 + n + (max(ends) if ends else 0)
 
 
-def file_kind(path: Path) -> str:
-    """What the file's first bytes say it is: "zip" (torch.save), "pickle" (legacy torch.save),
-    "safetensors", "gguf", "empty" or "unknown". Loaders are picked by this, not by the suffix,
-    so that a misnamed file still loads and a foreign one is named for what it is not."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(16)
+def file_kind(head: bytes, size: int) -> str:
+    """What a file's first bytes ``head`` (16 of them, fewer for a shorter file of ``size``
+    bytes) say it is: "zip" (torch.save), "pickle" (legacy torch.save), "safetensors", "gguf",
+    "empty" or "unknown". Loaders are picked by this, not by the suffix, so that a misnamed file
+    still loads and a foreign one is named for what it is not."""
     if not head:
         return "empty"
     if head[:4] == b"PK\x03\x04":
@@ -153,7 +151,9 @@ def file_kind(path: Path) -> str:
 
 
 def _read_file(path: Path) -> dict:
-    kind = file_kind(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    kind = file_kind(head, path.stat().st_size)
     if kind == "safetensors":
         return _read_safetensors(path)
     if kind in ("zip", "pickle"):
@@ -163,10 +163,8 @@ def _read_file(path: Path) -> dict:
     if kind == "gguf":
         raise CheckpointError(f"{path} is a GGUF file (llama.cpp's format), not a checkpoint rwkv_relax reads; "
                               "give the original BlinkDL .pth or Hugging Face .safetensors")
-    with open(path, "rb") as f:
-        first = f.read(8).hex(" ")
     raise CheckpointError(f"{path} is not a checkpoint: not a zip archive (torch.save), not a pickle (legacy "
-                          f"torch.save), not safetensors (first bytes: {first}); expected one of "
+                          f"torch.save), not safetensors (first bytes: {head[:8].hex(' ')}); expected one of "
                           f"{', '.join(WEIGHT_SUFFIXES)}, complete")
 
 

@@ -54,6 +54,13 @@ def collect(path: Path | str, named: Iterable[tuple[str, np.ndarray]], n_layer: 
     return {(i, ENTRY): found[i] for i in range(n_layer)}
 
 
+def from_view(view, n_layer: int) -> dict[tuple[int, str], np.ndarray] | None:
+    """A checkpoint's own state tuning (``collect`` over its ``att.time_state`` tensors, seen in
+    canonical names through ``view``, a :class:`~.layouts.CanonicalView`)."""
+    names = [canonical_name(i) for i in range(n_layer)]
+    return collect(view.path, ((n, view.get(n)) for n in names if n in view), n_layer)
+
+
 def to_file_layout(entries: Mapping[tuple[int, str], np.ndarray], n_layer: int) -> dict[str, np.ndarray]:
     """The library's WKV state entries back as ``blocks.i.att.time_state`` (H, value, key) float32."""
     return {canonical_name(i): np.ascontiguousarray(np.swapaxes(entries[i, ENTRY], 1, 2)).astype(np.float32)

@@ -34,40 +34,36 @@ def wkv4(k: Tensor, v: Tensor, w: Tensor, u: Tensor, aa: Tensor, bb: Tensor, pp:
     return out, [op.reshape(s, [B, A]) for s in op.split(s_out, 3, axis=0)]  # 3 x (B, A)
 
 
+def _head_scan(name: str, args: list, s: Tensor, seg_last):
+    """A WKV5/6/7 kernel call: ``args`` (the first (T, H, N)) then the state s (B, H, N, N) ->
+    out (T, H, N), new s. One sequence (``seg_last`` None) takes the single-sequence kernel on
+    the (H, N, N) state; a packed batch takes the ragged one with ``seg_last`` last."""
+    T, H, N = args[0].shape
+    if seg_last is None:
+        out, s_new = op.tensor_ir_op(kernel(name, H, N), name, [*args, op.reshape(s, [H, N, N])],
+                                     [Tensor.placeholder([T, H, N], F32), Tensor.placeholder([H, N, N], F32)])
+        return out, op.reshape(s_new, [1, H, N, N])
+    ragged = f"{name}_ragged"
+    return op.tensor_ir_op(kernel(ragged, H, N), ragged, [*args, s, seg_last],
+                           [Tensor.placeholder([T, H, N], F32), Tensor.placeholder(s.shape, F32)])
+
+
 def wkv5(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, s: Tensor, seg_last):
     """RWKV-5 WKV (tir_kernels/wkv5/). r, k, v: (T, H, N) fp32; w, u: (H, N); s: (B, H, N, N)
     [h, key, value] -> out (T, H, N), new s (B, H, N, N)."""
-    T, H, N = r.shape
-    if seg_last is None:
-        out, s_new = op.tensor_ir_op(kernel("wkv5", H, N), "wkv5", [r, k, v, w, u, op.reshape(s, [H, N, N])],
-                                     [Tensor.placeholder([T, H, N], F32), Tensor.placeholder([H, N, N], F32)])
-        return out, op.reshape(s_new, [1, H, N, N])
-    return op.tensor_ir_op(kernel("wkv5_ragged", H, N), "wkv5_ragged", [r, k, v, w, u, s, seg_last],
-                           [Tensor.placeholder([T, H, N], F32), Tensor.placeholder(s.shape, F32)])
+    return _head_scan("wkv5", [r, k, v, w, u], s, seg_last)
 
 
 def wkv6(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, s: Tensor, seg_last):
     """RWKV-6 WKV (tir_kernels/wkv6/). r, k, v, w: (T, H, N) fp32 (w the per-token decay);
     u: (H, N); s: (B, H, N, N) [h, key, value] -> out (T, H, N), new s (B, H, N, N)."""
-    T, H, N = r.shape
-    if seg_last is None:
-        out, s_new = op.tensor_ir_op(kernel("wkv6", H, N), "wkv6", [r, k, v, w, u, op.reshape(s, [H, N, N])],
-                                     [Tensor.placeholder([T, H, N], F32), Tensor.placeholder([H, N, N], F32)])
-        return out, op.reshape(s_new, [1, H, N, N])
-    return op.tensor_ir_op(kernel("wkv6_ragged", H, N), "wkv6_ragged", [r, k, v, w, u, s, seg_last],
-                           [Tensor.placeholder([T, H, N], F32), Tensor.placeholder(s.shape, F32)])
+    return _head_scan("wkv6", [r, k, v, w, u], s, seg_last)
 
 
 def wkv7(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s: Tensor, seg_last):
     """RWKV-7 WKV (tir_kernels/wkv7/). r, w, k, v, a, b: (T, H, N) fp32; s: (B, H, N, N)
     [h, value, key] -> out (T, H, N), new s (B, H, N, N)."""
-    T, H, N = r.shape
-    if seg_last is None:
-        out, s_new = op.tensor_ir_op(kernel("wkv7", H, N), "wkv7", [r, w, k, v, a, b, op.reshape(s, [H, N, N])],
-                                     [Tensor.placeholder([T, H, N], F32), Tensor.placeholder([H, N, N], F32)])
-        return out, op.reshape(s_new, [1, H, N, N])
-    return op.tensor_ir_op(kernel("wkv7_ragged", H, N), "wkv7_ragged", [r, w, k, v, a, b, s, seg_last],
-                           [Tensor.placeholder([T, H, N], F32), Tensor.placeholder(s.shape, F32)])
+    return _head_scan("wkv7", [r, w, k, v, a, b], s, seg_last)
 
 
 def state_copy(shape, dtype: str, direction: str):

@@ -72,46 +72,45 @@ class CompiledModel:
         self.state_names = [s["name"] for s in self.metadata["state"]]
         # md5s of the tensor cache's shards when loaded from one (identifies the weights cheaply)
         self.weights_fingerprint: str | None = None
+        params, tuned = self._load_weights(weights)
         # one ffi Array, built once: a Python list would be converted on every call (~10 us per
         # call for a few hundred tensors; a 0.1B q4 decode step takes ~5 ms)
-        self._tuned: dict | None = None  # a state-tuned checkpoint's WKV matrices (RWKV-5/6 time_state)
-        self.params = tvm.runtime.convert(self._load_weights(weights))
+        self.params = tvm.runtime.convert(params)
         self._rnn = self.vm["create_rnn_state"](ShapeTuple([max_sequences]), ShapeTuple([max_history]))
         self._ids = itertools.count()
         # where new sequences start: zeros, or the checkpoint's state tuning; assign a State (e.g.
         # runtime.time_state.load_time_state(...)) to start from another one, None for zeros
-        self.initial_state: State | None = None
-        if self._tuned is not None:
-            self.initial_state = self.load_state(self._tuned, partial=True)
+        self.initial_state: State | None = None if tuned is None else self.load_state(tuned, partial=True)
         self._fns: dict = {}
         # the single-token input, written through a numpy view (tvm.runtime.tensor() costs ~25 us)
         self._one_id = tvm.runtime.empty((1,), "int32", self.device)
         self._one_id_view = np.from_dlpack(self._one_id) if device == "cpu" else None
 
     # ---- weights ------------------------------------------------------------------------
-    def _load_weights(self, weights: str | Path) -> list:
+    def _load_weights(self, weights: str | Path) -> tuple[list, dict | None]:
+        """(the library's parameters, the state tuning's WKV matrices or None) from ``weights``."""
         md = self.metadata
         if tensor_cache.is_tensor_cache(weights):
-            stored = tensor_cache.read_index(weights)["metadata"]
+            index = tensor_cache.read_index(weights)
+            stored = index["metadata"]
             for key in ("model_type", "quantization"):
                 if stored.get(key) != md[key]:
                     raise RWKVRelaxError(f"params in {weights} are {key}={stored.get(key)}, the library "
                                          f"is {key}={md[key]}; convert or build to match")
             params = tensor_cache.load(weights, md["params"], self.device)
-            tuning = Path(weights) / time_state.CACHE_FILE  # convert_weight kept a checkpoint's
-            if tuning.is_file():
-                self._tuned = time_state.collect(tuning, open_checkpoint(tuning).items(), self.n_layer)
-            shards = tensor_cache.read_index(weights)["records"]
             self.weights_fingerprint = hashlib.sha256(
-                "".join(r.get("md5sum", "") for r in shards).encode()).hexdigest()[:16]
-            return params
+                "".join(r.get("md5sum", "") for r in index["records"]).encode()).hexdigest()[:16]
+            tuning = Path(weights) / time_state.CACHE_FILE  # convert_weight kept a checkpoint's
+            if not tuning.is_file():
+                return params, None
+            return params, time_state.collect(tuning, open_checkpoint(tuning).items(), self.n_layer)
         found = open_weights(weights)
         check_matches(found, md["model_type"], md["model_config"])
         # numerics (rescale_every, eps...) as compiled, tensors from the checkpoint
         built = get_spec(md["model_type"]).config_cls.from_dict(md["model_config"])
-        self._tuned = found.initial_state()
-        return [tvm.runtime.tensor(array, self.device)
-                for _, array in library_params(found, built, md["params"], md["quantization"])]
+        params = [tvm.runtime.tensor(array, self.device)
+                  for _, array in library_params(found, built, md["params"], md["quantization"])]
+        return params, found.initial_state()
 
     # ---- sequences ----------------------------------------------------------------------
     def _new_sequence(self, parent: State | None) -> int:

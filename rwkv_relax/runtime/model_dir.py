@@ -4,10 +4,9 @@ names), the tensor cache and the tokenizer files."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-from ..config import CHAT_CONFIG
+from ..config import CHAT_CONFIG, is_finite_number, is_integer
 from ..errors import RWKVRelaxError
 from .tokenizers import load_tokenizer
 
@@ -40,18 +39,14 @@ def read_chat_config(model_dir: str | Path) -> dict:
     return config
 
 
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 # the fields of mlc-chat-config.json the runtime reads, with their JSON types
 _CHAT_FIELDS = {
     "model_type": (lambda x: isinstance(x, str), "a string"),
     "conv_template": (lambda x: isinstance(x, str), "a string"),
     "tokenizer_files": (lambda x: isinstance(x, list) and all(isinstance(n, str) for n in x), "a list of file names"),
-    **{f: (_number, "a finite number") for f in ("temperature", "top_p", "presence_penalty", "frequency_penalty",
-                                                 "penalty_decay", "repetition_penalty")},
-    "top_k": (lambda x: isinstance(x, int) and not isinstance(x, bool), "an integer"),
+    **{f: (is_finite_number, "a finite number") for f in ("temperature", "top_p", "presence_penalty",
+                                                          "frequency_penalty", "penalty_decay", "repetition_penalty")},
+    "top_k": (is_integer, "an integer"),
 }
 
 

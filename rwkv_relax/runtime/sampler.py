@@ -34,12 +34,11 @@ a plain argmax instead of a random pick among tied maxima.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Callable, Collection, Iterable
 
 import numpy as np
 
+from ..config import is_finite_number, is_integer
 from ..errors import RWKVRelaxError
 
 
@@ -65,9 +64,9 @@ class Sampler:
                  seed: int | np.random.Generator | None = None):
         for name, value in (("temperature", temperature), ("top_p", top_p), ("presence_penalty", presence_penalty),
                             ("frequency_penalty", frequency_penalty), ("penalty_decay", penalty_decay)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            if not is_finite_number(value):
                 raise SamplerError(f"{name} must be a finite number, got {value!r}")
-        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+        if not is_integer(top_k):
             raise SamplerError(f"top_k must be an integer (0 = off), got {top_k!r}")
         if temperature < 0:
             raise SamplerError(f"temperature must be >= 0, got {temperature}")

@@ -43,11 +43,7 @@ def read_time_state(path: str | Path, model: "CompiledModel") -> dict[tuple[int,
     path = Path(path)
     _check_model(model, path)
     try:
-        ckpt = open_checkpoint(path)
-    except RWKVRelaxError as err:
-        raise TimeStateError(str(err)) from None
-    try:
-        wkv = ts.collect(path, ckpt.items(), model.n_layer)
+        wkv = ts.collect(path, open_checkpoint(path).items(), model.n_layer)
     except RWKVRelaxError as err:
         raise TimeStateError(str(err)) from None
     if wkv is None:

@@ -66,6 +66,6 @@ def infer_config(view: CanonicalView, **overrides) -> RWKV4Config:
     fields = dict(n_layer=max(layers) + 1, n_embd=C, vocab_size=V,
                   dim_att=view.shape("blocks.0.att.key.weight")[0],
                   dim_ffn=view.shape("blocks.0.ffn.key.weight")[0])
-    if view.hf_rescale_every() is not None:
-        fields["rescale_every"] = view.hf_rescale_every()
+    if (every := view.hf_rescale_every()) is not None:
+        fields["rescale_every"] = every
     return RWKV4Config.from_dict({**fields, **overrides})

@@ -74,8 +74,7 @@ def table(cfg: RWKV5Config) -> TensorTable:
 def initial_state(view: CanonicalView, cfg: RWKV5Config) -> dict[tuple[int, str], np.ndarray] | None:
     """A state-tuned checkpoint's ``att.time_state`` of every layer as the library's WKV state
     entries ``{(layer, "att_kv"): (H, key, value)}``; None for a plain checkpoint."""
-    names = [time_state.canonical_name(i) for i in range(cfg.n_layer)]
-    return time_state.collect(view.path, ((n, view.get(n)) for n in names if n in view), cfg.n_layer)
+    return time_state.from_view(view, cfg.n_layer)
 
 
 def infer_config(view: CanonicalView, **overrides) -> RWKV5Config:
@@ -89,6 +88,6 @@ def infer_config(view: CanonicalView, **overrides) -> RWKV5Config:
                   dim_ffn=shape("blocks.0.ffn.key.weight")[0])
     if A != H * N:
         raise CheckpointError(f"{view.path}: time_decay {H}x{N} does not match dim_att {A}")
-    if view.hf_rescale_every() is not None:
-        fields["rescale_every"] = view.hf_rescale_every()
+    if (every := view.hf_rescale_every()) is not None:
+        fields["rescale_every"] = every
     return RWKV5Config.from_dict({**fields, **overrides})

@@ -80,8 +80,7 @@ def table(cfg: RWKV6Config) -> TensorTable:
 def initial_state(view: CanonicalView, cfg: RWKV6Config) -> dict[tuple[int, str], np.ndarray] | None:
     """A state-tuned checkpoint's ``att.time_state`` of every layer as the library's WKV state
     entries ``{(layer, "att_kv"): (H, key, value)}``; None for a plain checkpoint."""
-    names = [time_state.canonical_name(i) for i in range(cfg.n_layer)]
-    return time_state.collect(view.path, ((n, view.get(n)) for n in names if n in view), cfg.n_layer)
+    return time_state.from_view(view, cfg.n_layer)
 
 
 def infer_config(view: CanonicalView, **overrides) -> RWKV6Config:
@@ -102,6 +101,6 @@ def infer_config(view: CanonicalView, **overrides) -> RWKV6Config:
     fields = dict(n_layer=max(layers) + 1, n_embd=C, vocab_size=V, head_size=N, dim_att=A,
                   dim_ffn=shape("blocks.0.ffn.key.weight")[0], dim_mix_lora=mix_width // len(MIXES),
                   dim_decay_lora=shape("blocks.0.att.time_decay_w1")[1])
-    if view.hf_rescale_every() is not None:
-        fields["rescale_every"] = view.hf_rescale_every()
+    if (every := view.hf_rescale_every()) is not None:
+        fields["rescale_every"] = every
     return RWKV6Config.from_dict({**fields, **overrides})
