@@ -71,6 +71,9 @@ class ConfigBase:
         return dataclasses.replace(self, **changes)
 
 
+FFN_VALUE_LAYOUTS = ("hidden_major", "dense")
+
+
 @dataclasses.dataclass
 class RWKVConfig(ConfigBase):
     """Fields every RWKV version has. Version configs add theirs and call ``super().__post_init__``."""
@@ -86,6 +89,9 @@ class RWKVConfig(ConfigBase):
     prefill_chunk_size: int = 512
     max_batch_size: int = 8
     fp32_layers: list = dataclasses.field(default_factory=list)  # layers kept fp32 in an fp16 model
+    # the channel mix's value matrix: "hidden_major" (F, C), read only where relu(K x)^2 is
+    # nonzero; "dense" the checkpoint's (C, F) through the ordinary matmul
+    ffn_value_layout: str = "hidden_major"
 
     def default_dim_ffn(self) -> int:
         raise NotImplementedError
@@ -106,6 +112,9 @@ class RWKVConfig(ConfigBase):
             raise ConfigError(f"fp32_layers {bad} are not layers of this {self.n_layer}-layer model")
         if self.dtype not in ("float32", "float16"):
             raise ConfigError(f"dtype must be float32 or float16, not {self.dtype!r}")
+        if self.ffn_value_layout not in FFN_VALUE_LAYOUTS:
+            raise ConfigError(f"ffn_value_layout must be one of {', '.join(FFN_VALUE_LAYOUTS)}, "
+                              f"not {self.ffn_value_layout!r}")
 
 
 def is_integer(x) -> bool:

@@ -17,10 +17,12 @@ def dequantized_params(params: dict[str, np.ndarray], bits: int | None, group: i
     """Library parameters -> float64 parameters: ``X.q_weight``/``X.q_scale`` become ``X.weight``."""
     out = {}
     for name, value in params.items():
-        if name.endswith(".q_weight"):
-            base = name[: -len("q_weight")]
-            out[base + "weight"] = gq.dequantize(value, params[base + "q_scale"], bits, group).astype(np.float64)
-        elif not name.endswith(".q_scale"):
+        base, _, suffix = name.rpartition(".")
+        if suffix in ("q_weight", "q_weight_t"):  # _t: hidden-major, quantized along its rows too
+            t = suffix[len("q_weight"):]
+            out[f"{base}.weight{t}"] = gq.dequantize(value, params[f"{base}.q_scale{t}"], bits,
+                                                     group).astype(np.float64)
+        elif suffix not in ("q_scale", "q_scale_t"):
             out[name] = np.asarray(value, dtype=np.float64)
     return out
 
@@ -84,6 +86,8 @@ class NumpyRWKV:
 
     # ---- shared ---------------------------------------------------------------------------------
     def lin(self, name, x):
+        if name + ".weight_t" in self.p:  # stored hidden-major (the channel mix's value)
+            return x @ self.p[name + ".weight_t"]
         return x @ self.p[name + ".weight"].T
 
     def new_state(self) -> list[dict]:

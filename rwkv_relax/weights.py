@@ -3,7 +3,8 @@
 The runtime loads a raw checkpoint with this, and ``convert_weight`` writes a tensor cache with
 it: both walk the library's parameter list (its ``_metadata["params"]``, or the compiler's view of
 the same model) and make each entry from the version's name table. Parameters the quantization
-swapped in come in pairs, ``X.q_weight`` + ``X.q_scale``, made from the table's ``X.weight``.
+swapped in come in pairs, ``X.q_weight`` + ``X.q_scale``, made from the table's ``X.weight``;
+a ``_t`` suffix means the transpose (``hidden_major``).
 Everything is read as float32 and cast once at the end: quantizing fp16-rounded weights would
 round twice.
 """
@@ -22,6 +23,15 @@ from .quantization import group_quant as gq
 from .registry import ModelSpec, get_spec
 
 QUANTIZED_SUFFIXES = ("q_weight", "q_scale")
+# ``X.weight_t`` (and its ``X.q_weight_t`` / ``X.q_scale_t``) is the transpose of the table's
+# ``X.weight``: the channel mix's value stored hidden-major (models/layers.py ``FFNValue``)
+TRANSPOSED = "_t"
+
+
+def hidden_major(w: np.ndarray) -> np.ndarray:
+    """The checkpoint's ``ffn.value`` (C, F) as (F, C): one contiguous row per hidden unit, so a
+    decode step can skip the rows of the zeros of ``relu(K x)^2`` (tir_kernels/ffn_value/)."""
+    return np.ascontiguousarray(w.T)
 
 
 @dataclasses.dataclass
@@ -78,16 +88,21 @@ def library_params(weights: Weights, config, params: Sequence[dict], quantizatio
     for p in params:
         name, shape, dtype = p["name"], tuple(p["shape"]), p["dtype"]
         base, _, suffix = name.rpartition(".")
+        transposed = suffix.endswith(TRANSPOSED)
+        suffix = suffix.removesuffix(TRANSPOSED)
         if suffix in QUANTIZED_SUFFIXES:
             if not mode.quantized:
                 raise ConfigError(f"parameter {name} is quantized but the mode {quantization} is not")
-            if base not in pending:
+            key = base + TRANSPOSED * transposed
+            if key not in pending:
                 w = table.read(weights.view, base + ".weight")
-                pending[base] = dict(zip(QUANTIZED_SUFFIXES, gq.quantize(
-                    w, mode.weight_bits, mode.group_size, mode.act_dtype)))
-            array = pending[base].pop(suffix)
-            if not pending[base]:
-                del pending[base]
+                pending[key] = dict(zip(QUANTIZED_SUFFIXES, gq.quantize(
+                    hidden_major(w) if transposed else w, mode.weight_bits, mode.group_size, mode.act_dtype)))
+            array = pending[key].pop(suffix)
+            if not pending[key]:
+                del pending[key]
+        elif transposed:
+            array = hidden_major(table.read(weights.view, f"{base}.{suffix}"))
         else:
             array = table.read(weights.view, name)
         if tuple(array.shape) != shape:

@@ -230,3 +230,19 @@ def test_conversion_memory_stays_near_one_tensor(big_checkpoint, tmp_path, mode)
                          check=True, capture_output=True, text=True)
     grown = float(out.stdout.strip().splitlines()[-1])
     assert grown < 2 * largest_mib + 32, f"anonymous memory grew {grown:.0f} MiB"
+
+
+def test_ffn_value_layouts_agree_and_are_not_mixed_up(factory, ckpt, tmp_path, rng):
+    """The hidden-major channel-mix value (sparse reads, the default) gives the dense layout's
+    logits to fp32 rounding; a tensor cache of one layout is refused by a library of the other."""
+    dense = {"ffn_value_layout": "dense"}
+    tokens = rng.integers(0, SHAPE["vocab_size"], 20)
+    sparse_lib = factory.library(ckpt, quantization="q0f32")
+    dense_lib = factory.library(ckpt, quantization="q0f32", overrides=dense)
+    a = load_model(sparse_lib, ckpt).prefill(tokens)[0]
+    b = load_model(dense_lib, ckpt).prefill(tokens)[0]
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+    params_dir = convert(str(ckpt), "q0f32", tmp_path / "dense", overrides=dense)
+    with pytest.raises(RWKVRelaxError, match="store the channel-mix value dense, the library reads it hidden_major"):
+        load_model(sparse_lib, params_dir)
+    np.testing.assert_array_equal(load_model(dense_lib, params_dir).prefill(tokens)[0], b)

@@ -8,7 +8,7 @@ import json
 
 from tvm import tirx
 
-from . import quant_matmul, rnn_state, wkv4, wkv5, wkv6, wkv7
+from . import ffn_value, quant_matmul, rnn_state, wkv4, wkv5, wkv6, wkv7
 
 # name -> factory(*sizes, target=...). Models build the "cpu" form through :func:`kernel`; GPU
 # pipelines swap in the "gpu" form through :func:`retarget`, so models never see targets.
@@ -22,6 +22,8 @@ FACTORIES = {
     "wkv4": wkv4.wkv4,
     "wkv4_ragged": wkv4.wkv4_ragged,
     "q_gemv": quant_matmul.q_gemv,
+    "ffn_value": ffn_value.ffn_value,
+    "ffn_value_q": ffn_value.ffn_value_q,
     "state_copy": rnn_state.state_copy,
 }
 # kernels with a CPU form named after an instruction-set feature; the llvm pipeline swaps it in

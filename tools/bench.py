@@ -111,12 +111,18 @@ def timed(fn, repeats: int) -> float:
     return best
 
 
-def decode_weight_bytes(params: dict) -> int:
-    """Bytes one decode step reads: every weight except the embedding table (one row of it)."""
+def decode_weight_bytes(params: dict, ffn_zeros: list[float] | None = None) -> int:
+    """Bytes one decode step reads: every weight except the embedding table (one row of it) and,
+    with ``ffn_zeros`` (per layer), the rows of the hidden-major channel-mix value (``*_t``) that
+    the sparse kernel skips."""
     total = 0
     for name, (shape, dtype) in params.items():
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        total += n // shape[0] if name.startswith("embeddings.") else n
+        if name.startswith("embeddings."):
+            n //= shape[0]
+        elif ffn_zeros is not None and name.endswith("_t") and ".ffn.value." in name:
+            n = int(n * (1 - ffn_zeros[int(name.split(".")[1])]))
+        total += n
     return total
 
 
@@ -180,6 +186,13 @@ def main(argv=None) -> int:
     p.add_argument("--llama-cpp-convert", default=None, metavar="PATH",
                    help="llama.cpp's convert_hf_to_gguf.py (vendor/llama.cpp/ in the llama-cpp-python sdist)")
     p.add_argument("--llama-cpp-types", default="f32,f16,q8_0", help="GGUF types to time")
+    p.add_argument("--ffn-sparsity", type=float, default=None, metavar="P",
+                   help="shift the random checkpoint's ffn.key rows so that a fraction P (>= 0.5) of channel-mix "
+                        "hidden units is zero on typical inputs (tools/ffn_sparsity.py); prints the measured "
+                        "fraction per layer")
+    p.add_argument("--ab-dense", action="store_true",
+                   help="also time every mode with the dense channel-mix value (ffn_value_layout=dense) in the "
+                        "same rounds: the A/B of the sparse value kernel")
     p.add_argument("--tokenizer", action="store_true",
                    help="also time World tokenizer encode against ChatRWKV's TRIE_TOKENIZER (1 MB)")
     args = p.parse_args(argv)
@@ -193,17 +206,28 @@ def main(argv=None) -> int:
 
     use_all_cpus()  # the bandwidth probes run on the model's thread pool
     work = Path(tempfile.mkdtemp(prefix="rwkv_bench_"))
-    ckpt = Path(args.checkpoint) if args.checkpoint else write_checkpoint(
-        get_spec(args.model_type).random_tensors(n_layer=args.layers, n_embd=args.embd, vocab_size=args.vocab),
-        work / "model.pth")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import ffn_sparsity
     rng = np.random.default_rng(0)
+    if args.checkpoint:
+        ckpt = Path(args.checkpoint)
+    else:
+        tensors = get_spec(args.model_type).random_tensors(n_layer=args.layers, n_embd=args.embd,
+                                                           vocab_size=args.vocab)
+        if args.ffn_sparsity is not None:
+            tensors = ffn_sparsity.sparsify(tensors, args.ffn_sparsity, args.layers, rng)
+        ckpt = write_checkpoint(tensors, work / "model.pth")
     prompt = rng.integers(0, args.vocab, args.prefill).tolist()
+    zeros = ffn_sparsity.zero_fractions(ckpt, prompt[:64])
     models, build_s = {}, {}
     for mode in args.modes.split(","):
-        t0 = time.perf_counter()
-        lib = build(str(ckpt), target="llvm", output=work / f"model-{mode}.so", quantization=mode)
-        build_s[mode] = time.perf_counter() - t0
-        models[mode] = load_model(lib, ckpt)
+        for layout in ("hidden_major", "dense") if args.ab_dense else ("hidden_major",):
+            label = mode if layout == "hidden_major" else f"{mode}/dense"
+            t0 = time.perf_counter()
+            lib = build(str(ckpt), target="llvm", output=work / f"model-{mode}-{layout}.so", quantization=mode,
+                        overrides={"ffn_value_layout": layout})
+            build_s[label] = time.perf_counter() - t0
+            models[label] = load_model(lib, ckpt)
     # Rounds interleave the modes (and the bandwidth probes): on a shared machine throughput
     # drifts by tens of percent over minutes, and timing the modes one after another would
     # hand that drift to whichever mode ran in a slow minute. tok/s: best per mode over the
@@ -226,7 +250,7 @@ def main(argv=None) -> int:
     peer_best = {t: [0.0, 0.0] for t in ggufs}
     for mode, model in models.items():
         params = {p["name"]: (p["shape"], p["dtype"]) for p in model.metadata["params"]}
-        bytes_per_step[mode] = decode_weight_bytes(params)
+        bytes_per_step[mode] = decode_weight_bytes(params, zeros)
         states[mode] = model.new_state()
         model.advance(states[mode], prompt[:8])
     for _ in range(args.rounds):
@@ -263,6 +287,8 @@ def main(argv=None) -> int:
         rows.append(("rwkv package (cpu fp32)", decode, args.prefill / timed(lambda: ref.forward(prompt, None), 1),
                      fp32_bytes, ceiling_shares(decode, fp32_bytes, probes)))
 
+    print("channel-mix zeros per layer (relu(K x)^2 == 0, 64 tokens): "
+          + " ".join(f"{z:.2f}" for z in zeros) + f"; mean {np.mean(zeros):.3f}")
     print(f"model: {args.model_type} {args.layers} x {args.embd}, vocab {args.vocab}; build "
           + ", ".join(f"{m} {t:.1f} s" for m, t in build_s.items()))
     print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (copy {copy_bw / 1e9:.1f} GB/s, read + write counted), "
@@ -280,8 +306,14 @@ def main(argv=None) -> int:
         print(f"ours q0f32 / rwkv package: decode {base[1] / ref[1]:.2f}x, prefill {base[2] / ref[2]:.2f}x")
     if base:
         for name, dec, pre, *_ in rows:
-            if name.startswith("ours") and name != base[0]:
+            if name.startswith("ours") and name != base[0] and "/dense" not in name:
                 print(f"{name} / ours q0f32: decode {dec / base[1]:.2f}x, prefill {pre / base[2]:.2f}x")
+    for name, dec, pre, nbytes, share in rows:  # the A/B: sparse value kernel vs the dense layout
+        dense = by_name.get(name.replace(")", "/dense)"))
+        if "/dense" not in name and dense:
+            print(f"{name} sparse / dense: decode {dec / dense[1]:.2f}x, prefill {pre / dense[2]:.2f}x; "
+                  f"bytes per step {nbytes / 2**20:.1f} vs {dense[3] / 2**20:.1f} MiB; "
+                  f"{100 * share[0] * dense[3] / nbytes:.0f}% of the dense read ceiling")
     if ggufs:
         peak = fma_peak()
         print(f"llama.cpp (llama-cpp-python, {use_all_cpus()} threads), best round; FMA peak "

@@ -22,6 +22,9 @@ def main(argv=None) -> int:
                    help="the RWKV version of the random checkpoint")
     p.add_argument("--positions", type=int, default=256)
     p.add_argument("--modes", default="q0f16,q8f16_1,q4f32_1,q4f16_1")
+    p.add_argument("--ab-dense", action="store_true",
+                   help="also each mode with the dense channel-mix value layout (its weights quantized along F, "
+                        "the hidden-major default quantizes them along C)")
     args = p.parse_args(argv)
     from rwkv_relax import load_model
     from rwkv_relax.pipeline import build
@@ -34,11 +37,14 @@ def main(argv=None) -> int:
     base = load_model(build(str(ckpt), output=work / "q0f32.so", quantization="q0f32"), ckpt)
     tokens = np.random.default_rng(0).integers(0, base.vocab_size, args.positions)
     ref = position_logits(base, tokens)
-    print(f"{'mode':10s} {'mean KL':>10s} {'max KL':>10s} {'top-1':>7s}")
+    print(f"{'mode':16s} {'mean KL':>10s} {'max KL':>10s} {'top-1':>7s}")
     for mode in args.modes.split(","):
-        model = load_model(build(str(ckpt), output=work / f"{mode}.so", quantization=mode), ckpt)
-        r = compare(ref, position_logits(model, tokens))
-        print(f"{mode:10s} {r['mean_kl']:10.5f} {r['max_kl']:10.5f} {r['top1']:7.3f}")
+        for layout in ("hidden_major", "dense") if args.ab_dense else ("hidden_major",):
+            label = mode if layout == "hidden_major" else f"{mode}/dense"
+            lib = build(str(ckpt), output=work / f"{mode}-{layout}.so", quantization=mode,
+                        overrides={"ffn_value_layout": layout})
+            r = compare(ref, position_logits(load_model(lib, ckpt), tokens))
+            print(f"{label:16s} {r['mean_kl']:10.5f} {r['max_kl']:10.5f} {r['top1']:7.3f}")
     return 0
 
 

@@ -10,6 +10,8 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
+from . import ops
+
 F32 = "float32"
 
 
@@ -153,6 +155,27 @@ class LayerNorm(nn.Module):
         return y.astype(self.dtype)
 
 
+class FFNValue(nn.Module):
+    """The channel mix's last product ``y = V k`` with ``k = relu(K x)^2``, stored hidden-major:
+    ``weight_t`` = V.T (F, C), one row per hidden unit, so the kernel (tir_kernels/ffn_value/)
+    reads only the rows of the nonzero entries of k (about half with random weights, most of
+    them in trained models): the same result from fewer bytes. Accumulates in fp32."""
+
+    def __init__(self, in_features: int, out_features: int, dtype: str):
+        self.in_features, self.out_features, self.dtype = in_features, out_features, dtype
+        self.weight_t = nn.Parameter((in_features, out_features), dtype)
+
+    def forward(self, k: Tensor) -> Tensor:
+        return ops.ffn_value(k, self.weight_t, self.dtype)
+
+
+def ffn_value(cfg) -> nn.Module:
+    """The channel mix's value layer in the layout ``cfg.ffn_value_layout`` names: hidden-major
+    (sparse reads) or the checkpoint's dense (C, F) ``Linear``."""
+    F, C, dt = cfg.dim_ffn, cfg.n_embd, cfg.dtype
+    return FFNValue(F, C, dt) if cfg.ffn_value_layout == "hidden_major" else Linear(F, C, dt)
+
+
 class ChannelMix(nn.Module):
     """RWKV-4/5 channel mix: ``sigmoid(R x_r) * V relu(K x_k)^2``."""
 
@@ -162,7 +185,7 @@ class ChannelMix(nn.Module):
         self.time_mix_r = nn.Parameter((C,), dt)
         self.key = Linear(C, F, dt)
         self.receptance = Linear(C, C, dt)
-        self.value = Linear(F, C, dt)
+        self.value = ffn_value(cfg)
 
     def forward(self, xx: Tensor, sx: Tensor) -> Tensor:
         """xx: ln2 output (T, C); sx: its token shift (T, C)."""

@@ -1,11 +1,12 @@
 """The module transform: swap layers for quantized ones.
 
-Policy, decided here and only here, by layer *type*: ``Linear`` and ``Embedding`` layers are
-quantized; everything else (time_decay, time_first/time_faaaa, ln_x, layer norms, token-mix
-vectors, the state, RWKV-7's LoRA factors) is not, because those are not Linear/Embedding
-parameters. The embedding table and the head (the Linear flagged ``role="head"``) can be kept in
-the activation dtype. The weights follow the parameter names the swap leaves (``X.weight`` becomes
-``X.q_weight`` + ``X.q_scale``; see :func:`..weights.library_params`).
+Policy, decided here and only here, by layer *type*: ``Linear``, ``FFNValue`` (the channel mix's
+hidden-major value) and ``Embedding`` layers are quantized; everything else (time_decay,
+time_first/time_faaaa, ln_x, layer norms, token-mix vectors, the state, RWKV-7's LoRA factors) is
+not, because those are not parameters of these layers. The embedding table and the head (the
+Linear flagged ``role="head"``) can be kept in the activation dtype. The weights follow the
+parameter names the swap leaves (``X.weight`` becomes ``X.q_weight`` + ``X.q_scale``, FFNValue's
+``X.weight_t`` becomes ``X.q_weight_t`` + ``X.q_scale_t``; see :func:`..weights.library_params`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tvm.relax.frontend.nn import Tensor, op
 
 from ..errors import RWKVRelaxError
 from ..models import ops
-from ..models.layers import Embedding, Linear
+from ..models.layers import Embedding, FFNValue, Linear
 from . import group_quant as gq
 from .modes import QuantMode
 
@@ -42,6 +43,23 @@ class GroupQuantLinear(nn.Module):
         # built on the caller's shapes, so the symbolic token count is shared with the graph
         return op.tensor_expr_op(lambda x, q, s: ops.q_matmul_te(x, q, s, bits, group, out_dtype),
                                  "dequantize_matmul", [x, self.q_weight, self.q_scale])
+
+
+class GroupQuantFFNValue(nn.Module):
+    """``FFNValue`` with its hidden-major (F, C) weight group-quantized along C: each hidden unit's
+    row holds its own codes and scales, so skipping a row skips all its bytes. Parameters
+    ``q_weight_t`` (F, C*bits/32) and ``q_scale_t`` (F, C/group)."""
+
+    def __init__(self, val: FFNValue, mode: QuantMode):
+        self.out_features, self.dtype = val.out_features, val.dtype
+        self.bits, self.group = mode.weight_bits, mode.group_size
+        q_shape, s_shape = gq.packed_shapes(val.in_features, val.out_features, self.bits, self.group)
+        self.q_weight_t = nn.Parameter(q_shape, "uint32")
+        self.q_scale_t = nn.Parameter(s_shape, mode.act_dtype)
+
+    def forward(self, k: Tensor) -> Tensor:
+        return ops.ffn_value_q(k, self.q_weight_t, self.q_scale_t, self.out_features, self.bits, self.group,
+                               self.dtype)
 
 
 class GroupQuantEmbedding(nn.Module):
@@ -75,13 +93,15 @@ def quantize_model(model: nn.Module, mode: QuantMode, keep_embedding_head: bool 
         def visit_module(self, name, node):
             prefix = f"{name}." if name else ""
             keep = keep_embedding_head and (isinstance(node, Embedding) or getattr(node, "role", "") == "head")
-            if isinstance(node, (Linear, Embedding)) and not keep:
-                width = int(node.weight.shape[1])
+            if isinstance(node, (Linear, Embedding, FFNValue)) and not keep:
+                # groups run along the stored rows: the input channels, or FFNValue's C
+                width = int((node.weight_t if isinstance(node, FFNValue) else node.weight).shape[1])
                 if width % mode.group_size:
                     raise RWKVRelaxError(
                         f"{prefix}weight has {width} input channels, not a multiple of the group size "
                         f"{mode.group_size} of {mode.name}; use q0f16 or q0f32 for this model")
-                cls = GroupQuantLinear if isinstance(node, Linear) else GroupQuantEmbedding
+                cls = {Linear: GroupQuantLinear, Embedding: GroupQuantEmbedding,
+                       FFNValue: GroupQuantFFNValue}[type(node)]
                 return cls(node, mode)
             return super().visit_module(name, node)
 

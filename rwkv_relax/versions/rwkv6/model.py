@@ -22,7 +22,7 @@ from tvm.relax.frontend.nn import Tensor, op
 
 from ...models import ops
 from ...models.base import RNNLanguageModel
-from ...models.layers import Linear, LoRA, lerp
+from ...models.layers import Linear, LoRA, ffn_value, lerp
 from ...models.state import StateEntry
 from .config import RWKV6Config
 from .names import MIXES
@@ -108,7 +108,7 @@ class ChannelMix(nn.Module):
         self.time_maa_r = nn.Parameter((C,), dt)
         self.key = Linear(C, F, dt)
         self.receptance = Linear(C, C, dt)
-        self.value = Linear(F, C, dt)
+        self.value = ffn_value(cfg)
 
     def forward(self, xx: Tensor, sx: Tensor) -> Tensor:
         r = op.sigmoid(self.receptance(lerp(xx, sx, self.time_maa_r)))

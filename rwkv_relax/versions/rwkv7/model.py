@@ -22,7 +22,7 @@ from tvm.relax.frontend.nn import Tensor, op
 
 from ...models import ops
 from ...models.base import RNNLanguageModel
-from ...models.layers import Linear, LoRA, lerp
+from ...models.layers import Linear, LoRA, ffn_value, lerp
 from ...models.state import StateEntry
 from .config import RWKV7Config
 
@@ -101,7 +101,7 @@ class ChannelMix(nn.Module):
         C, F, dt = cfg.n_embd, cfg.dim_ffn, cfg.dtype
         self.x_k = nn.Parameter((C,), dt)
         self.key = Linear(C, F, dt)
-        self.value = Linear(F, C, dt)
+        self.value = ffn_value(cfg)
 
     def forward(self, xx: Tensor, sx: Tensor) -> Tensor:
         return self.value(op.square(op.relu(self.key(lerp(xx, sx, self.x_k)))))
