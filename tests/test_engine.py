@@ -7,6 +7,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rwkv_relax import Engine, RWKVRelaxError
@@ -375,3 +376,67 @@ def test_time_state_flag_starts_every_sequence_from_a_state_tuning(factory, tmp_
     dir7 = make_model_dir(factory, "rwkv7", "engine", "q4f16_1", "rwkv-world", vocab, **WORLD7_SHAPE)
     with pytest.raises(TimeStateError, match="RWKV7 has no time_state"):
         Engine(dir7, factory.library(dir7), time_state=tuning)
+
+
+# ---- the functional API's in-place fast path -------------------------------------------------
+@pytest.fixture(scope="module")
+def functional_model(factory):
+    """The engine's library with the default rollback history (4), where ``decode`` steps the
+    runtime sequence in place and keeps the State it was given in the history."""
+    from rwkv_relax.runtime.model import CompiledModel
+    model_dir, lib = world_model(factory)
+    return CompiledModel(lib, model_dir)
+
+
+def snapshot(model, state) -> dict:
+    return {(i, n): state.layer(i, n) for i in range(model.n_layer) for n in model.state_names}
+
+
+def assert_same(got: dict, want: dict) -> None:
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=str(key))
+
+
+def test_decode_in_place_keeps_every_state_passed_in(functional_model):
+    model, rng = functional_model, np.random.default_rng(5)
+    tokens = [int(t) for t in rng.integers(0, model.vocab_size, 14)]
+    inplace = model.new_state()
+    want = [model.advance(inplace, tokens[:3])] + [model.advance(inplace, [t]) for t in tokens[3:]]
+
+    _, state = model.prefill(tokens[:3])
+    seq_id = state.seq_id
+    for i, t in enumerate(tokens[3:]):  # rebinding the state: one runtime sequence throughout
+        logits, state = model.decode(t, state)
+        np.testing.assert_array_equal(logits, want[i + 1])
+    assert state.seq_id == seq_id and state.length == len(tokens)
+
+    # keeping every State alive: more steps than the history holds, so the oldest are copied out
+    _, state = model.prefill(tokens[:3])
+    kept = [(state, snapshot(model, state))]
+    for t in tokens[3:]:
+        _, state = model.decode(t, state)
+        kept.append((state, snapshot(model, state)))
+    for i, (old, values) in enumerate(kept):
+        assert_same(snapshot(model, old), values)
+        assert old.length == 3 + i
+        if i + 1 < len(kept):  # each one still continues to its successor's logits
+            np.testing.assert_array_equal(model.decode(tokens[3 + i], old)[0], want[i + 1])
+
+
+def test_branching_and_batches_leave_the_state_passed_in(functional_model):
+    model, rng = functional_model, np.random.default_rng(6)
+    _, state = model.prefill([int(t) for t in rng.integers(0, model.vocab_size, 5)])
+    before = snapshot(model, state)
+    a, _ = model.decode(11, state)
+    b, _ = model.decode(12, state)  # from `state` again, not from the step before
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(model.decode(11, state)[0], a)
+    np.testing.assert_array_equal(model.prefill([11], state)[0], a)
+    longer, _ = model.prefill([11, 12, 13], state)
+    logits, new = model.batch_decode([11, 12, 11], [state, state, state])  # one State thrice
+    np.testing.assert_array_equal(logits[0], logits[2])
+    assert not np.array_equal(logits[0], logits[1])
+    assert_same(snapshot(model, new[0]), snapshot(model, new[2]))
+    assert_same(snapshot(model, state), before)
+    np.testing.assert_array_equal(model.prefill([11, 12, 13], state)[0], longer)
+    np.testing.assert_array_equal(model.decode(11, state)[0], a)

@@ -244,6 +244,89 @@ def test_stop_strings_across_pieces():
     assert find_stop("nothing here", ["###"]) is None
 
 
+# ---- the fast path against the full sort it replaces ----------------------------------------
+
+def full_sort_probs(sampler: Sampler, logits) -> np.ndarray:
+    """The distribution as first written here: softmax, a stable argsort of the whole vocabulary,
+    cumulative sum, top-p cutoff (ties kept), top-k, then softmax(z / T) over the kept tokens."""
+    z = sampler.adjust(logits)
+    if sampler.temperature == 0:
+        p = np.zeros_like(z)
+        p[int(np.argmax(z))] = 1.0
+        return p
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    keep = np.ones(z.shape, dtype=bool)
+    if sampler.top_p < 1:
+        order = np.argsort(-p, kind="stable")
+        cumulative = np.cumsum(p[order])
+        cutoff = p[order[min(int(np.searchsorted(cumulative, sampler.top_p)), p.size - 1)]]
+        keep &= p >= cutoff
+    if 0 < sampler.top_k < p.size:
+        keep[np.argsort(-p, kind="stable")[sampler.top_k:]] = False
+    zt = np.where(keep, z / sampler.temperature, -np.inf)
+    q = np.exp(zt - zt.max())
+    return q / q.sum()
+
+
+def full_sort_sample(sampler: Sampler, logits) -> int:
+    p = full_sort_probs(sampler, logits)
+    support = np.flatnonzero(p)
+    cdf = np.cumsum(p[support])
+    u = sampler.rng.random() * cdf[-1]
+    return int(support[min(int(np.searchsorted(cdf, u, side="right")), support.size - 1)])
+
+
+def awkward_logits(rng, n):
+    """Gaussian logits of a random spread, often with ties (rounded) or far-out values."""
+    logits = random_logits(rng, n, scale=float(rng.choice([0.01, 1.0, 2.0, 5.0, 30.0])))
+    kind = rng.integers(4)
+    if kind == 1:
+        logits = np.round(logits)  # many ties, also at the top-p cutoff and the k-th value
+    elif kind == 2:
+        logits[rng.integers(0, n, n // 2)] = logits.max()  # a tie for the top
+    elif kind == 3:
+        logits[:] = 0.5  # flat
+    return logits
+
+
+@pytest.mark.parametrize("n", [7, V, 3000, 65536])
+def test_probs_equal_the_full_sort_bit_for_bit(rng, n):
+    """Every setting, many logits: probs() is exactly the full sort's distribution."""
+    cases = 8 if n == 65536 else 150
+    for _ in range(cases):
+        settings = dict(temperature=float(rng.choice([0, 0.4, 1.0, 1.8])),
+                        top_p=float(rng.choice([0, 1e-6, 0.3, 0.85, 0.9999, 1.0, 1.5])),
+                        top_k=int(rng.choice([0, 0, 1, 3, 40, n - 1, n, n + 3])),
+                        presence_penalty=float(rng.choice([0, 0.4])), frequency_penalty=float(rng.choice([0, 1.0])),
+                        token_ban=rng.integers(0, n, int(rng.integers(0, 4))).tolist())
+        sampler = Sampler(**settings)
+        for token in rng.integers(0, n, int(rng.integers(0, 6))):
+            sampler.accept(int(token))
+        logits = awkward_logits(rng, n)
+        want = full_sort_probs(sampler, logits)
+        np.testing.assert_array_equal(sampler.probs(logits), want, err_msg=str(settings))
+
+
+@pytest.mark.parametrize("settings", [dict(top_p=0.3, frequency_penalty=1.0), dict(top_p=0.85, temperature=0.7),
+                                      dict(top_p=1.0), dict(top_p=0.9, top_k=20), dict(temperature=0)])
+def test_seeded_draws_equal_the_full_sort(rng, settings):
+    """Same seed: the fast sampler draws the very tokens the full sort draws, and again."""
+    logits_seq = [awkward_logits(rng, 5000) for _ in range(60)]
+
+    def run(draw):
+        sampler = Sampler(seed=99, **settings)
+        out = []
+        for logits in logits_seq:
+            out.append(draw(sampler, logits))
+            sampler.accept(out[-1])
+        return out
+
+    fast = run(Sampler.sample)
+    assert fast == run(full_sort_sample)
+    assert fast == run(Sampler.sample)
+
+
 def test_bad_settings():
     for kwargs, message in [({"temperature": -1}, "temperature"), ({"top_k": -2}, "top_k"),
                             ({"top_p": -0.1}, "top_p"), ({"penalty_decay": 1.5}, "penalty_decay")]:

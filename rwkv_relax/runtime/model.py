@@ -1,8 +1,9 @@
 """A compiled RWKV library plus its weights, driven through TVM's runtime RNNState.
 
-Every call that takes a :class:`State` leaves it untouched: the runtime sequence behind it is
-forked (a device-side copy of its slot) and the fork advances. Sequences are released when their
-``State`` is garbage-collected.
+Every call that takes a :class:`State` leaves it untouched: a one-token step advances the runtime
+sequence in place and keeps the old State in its rollback history (``sequences.py``); anything
+longer forks the sequence (a device-side copy of its slot) and advances the fork. Sequences are
+released when their last ``State`` is garbage-collected.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import functools
 import hashlib
 import itertools
 import json
+import weakref
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -23,6 +25,7 @@ from ..errors import RWKVRelaxError
 from ..loaders import open_checkpoint, time_state
 from ..registry import get_spec
 from ..weights import check_matches, library_params, open_weights
+from .sequences import RuntimeSequence, State, successor
 from .threads import use_all_cpus
 
 _DEVICES = {"cpu": tvm.cpu, "cuda": tvm.cuda, "metal": tvm.metal, "vulkan": tvm.vulkan,
@@ -32,22 +35,6 @@ _DEVICES = {"cpu": tvm.cpu, "cuda": tvm.cuda, "metal": tvm.metal, "vulkan": tvm.
 @functools.cache
 def _builtin(name: str):
     return tvm.get_global_func(f"vm.builtin.{name}")
-
-
-class State:
-    """One sequence's recurrent state (all layers), held by the runtime RNNState."""
-
-    def __init__(self, model: "CompiledModel", seq_id: int, length: int):
-        self._model, self.seq_id, self.length = model, seq_id, length
-
-    def __del__(self):
-        model = getattr(self, "_model", None)
-        if model is not None and model._rnn is not None:
-            model._release(self.seq_id)
-
-    def layer(self, layer: int, name: str) -> np.ndarray:
-        """This sequence's state tensor ``name`` of ``layer`` (a copy)."""
-        return self._model.read_state(self, layer, name)
 
 
 class CompiledModel:
@@ -77,7 +64,9 @@ class CompiledModel:
         # call for a few hundred tensors; a 0.1B q4 decode step takes ~5 ms)
         self.params = tvm.runtime.convert(params)
         self._rnn = self.vm["create_rnn_state"](ShapeTuple([max_sequences]), ShapeTuple([max_history]))
+        self.max_history = max_history
         self._ids = itertools.count()
+        self._seqs: weakref.WeakValueDictionary[int, RuntimeSequence] = weakref.WeakValueDictionary()
         # where new sequences start: zeros, or the checkpoint's state tuning; assign a State (e.g.
         # runtime.time_state.load_time_state(...)) to start from another one, None for zeros
         self.initial_state: State | None = None if tuned is None else self.load_state(tuned, partial=True)
@@ -90,6 +79,8 @@ class CompiledModel:
     def _load_weights(self, weights: str | Path) -> tuple[list, dict | None]:
         """(the library's parameters, the state tuning's WKV matrices or None) from ``weights``."""
         md = self.metadata
+        if callable(weights):  # (params list, device) -> tensors: e.g. random weights made on the device
+            return list(weights(md["params"], self.device)), None
         if tensor_cache.is_tensor_cache(weights):
             index = tensor_cache.read_index(weights)
             stored = index["metadata"]
@@ -97,6 +88,12 @@ class CompiledModel:
                 if stored.get(key) != md[key]:
                     raise RWKVRelaxError(f"params in {weights} are {key}={stored.get(key)}, the library "
                                          f"is {key}={md[key]}; convert or build to match")
+            # caches written before the layout existed are dense
+            have, want = (m.get("model_config", {}).get("ffn_value_layout", "dense") for m in (stored, md))
+            if have != want:
+                raise RWKVRelaxError(f"params in {weights} store the channel-mix value {have}, the library "
+                                     f"reads it {want}; re-run convert_weight (or build with "
+                                     f"--overrides '{{\"ffn_value_layout\": \"{have}\"}}')")
             params = tensor_cache.load(weights, md["params"], self.device)
             self.weights_fingerprint = hashlib.sha256(
                 "".join(r.get("md5sum", "") for r in index["records"]).encode()).hexdigest()[:16]
@@ -113,16 +110,21 @@ class CompiledModel:
         return params, found.initial_state()
 
     # ---- sequences ----------------------------------------------------------------------
-    def _new_sequence(self, parent: State | None) -> int:
-        seq = next(self._ids)
+    def _new_sequence(self, parent: State | None) -> RuntimeSequence:
+        """A fresh sequence (zeros), or a copy holding ``parent``'s content."""
+        seq_id = next(self._ids)
         try:
             if parent is None:
-                _builtin("kv_state_add_sequence")(self._rnn, seq)
+                _builtin("kv_state_add_sequence")(self._rnn, seq_id)
             else:
-                _builtin("kv_state_fork_sequence")(self._rnn, parent.seq_id, seq, -1)
+                _builtin("kv_state_fork_sequence")(self._rnn, parent._seq.id, seq_id, -1)
         except Exception as err:  # the runtime says "slot is full"
             raise RWKVRelaxError(f"no free sequence slot ({str(err).splitlines()[0][:120]}); "
                                  "drop unused State objects or raise max_sequences") from None
+        seq = self._seqs[seq_id] = RuntimeSequence(self, seq_id, 0 if parent is None else parent._seq.history)
+        if parent is not None and parent.depth:  # left behind: step the copy back to it
+            _builtin("kv_state_popn")(self._rnn, seq_id, parent.depth)
+            seq.history -= parent.depth
         return seq
 
     def _release(self, seq_id: int) -> None:
@@ -188,8 +190,10 @@ class CompiledModel:
         return ids.astype(np.int32)
 
     def _host(self, tensor) -> np.ndarray:
-        """A numpy copy (through DLPack on the CPU: ~1 us against ~10 us for .numpy())."""
-        return np.from_dlpack(tensor).copy() if self._one_id_view is not None else tensor.numpy()
+        """A function's output as numpy. On the CPU, the tensor itself through DLPack, no copy: the
+        VM allocates each call's outputs anew and the array keeps its tensor alive (copying the
+        256 KiB of a 65536-token vocabulary's logits into a fresh array costs ~35 us a step)."""
+        return np.from_dlpack(tensor) if self._one_id_view is not None else tensor.numpy()
 
     def _fn(self, name: str):
         if name not in self._fns:
@@ -197,9 +201,14 @@ class CompiledModel:
         return self._fns[name]
 
     def _run(self, fn: str, seq_ids: list[int], lengths: list[int], *args):
+        seqs = [self._seqs[i] for i in seq_ids]
+        for seq, n in zip(seqs, lengths):
+            seq.before_forward(n)
         _builtin("kv_state_begin_forward")(self._rnn, ShapeTuple(seq_ids), ShapeTuple(lengths))
         logits, self._rnn = self._fn(fn)(*args, self._rnn, self.params)
         _builtin("kv_state_end_forward")(self._rnn)
+        for seq, n in zip(seqs, lengths):
+            seq.after_forward(n)
         return logits
 
     def _embed(self, ids: np.ndarray):
@@ -233,7 +242,10 @@ class CompiledModel:
         """Run ``tokens`` (in chunks of prefill_chunk_size) after ``state`` (None: fresh).
         Returns the last position's logits (V,) float32 and the new state."""
         ids = self._tokens(tokens)
-        new = self.new_state() if state is None else self.fork(state)
+        if state is None:
+            new = self.new_state()
+        else:
+            new = successor(state, set()) if ids.size == 1 else self.fork(state)
         return self.advance(new, ids), new
 
     def decode(self, token: int, state: State) -> tuple[np.ndarray, State]:
@@ -253,18 +265,19 @@ class CompiledModel:
                            emb, tvm.runtime.tensor(positions, self.device))
         for s, i in zip(new, ids):
             s.length += int(i.size)
-        return logits.numpy().reshape(len(ids), -1), new
+        return self._host(logits).reshape(len(ids), -1), new
 
     def batch_decode(self, tokens: Sequence[int], states: Sequence[State]) -> tuple[np.ndarray, list[State]]:
         """One token for each of several sequences; returns (B, V) logits and new states."""
         ids = self._tokens(tokens)
-        new = [self.fork(s) for s in states]
+        taken: set = set()
+        new = [successor(s, taken) for s in states]
         emb = self._embed(ids)
         logits = self._run("batch_decode", [s.seq_id for s in new], [1] * ids.size,
                            emb._create_view((ids.size, 1, emb.shape[1])))  # (B, C) -> (B, 1, C)
         for s in new:
             s.length += 1
-        return logits.numpy().reshape(ids.size, -1), new
+        return self._host(logits).reshape(ids.size, -1), new
 
     def rollback(self, state: State, n: int) -> State:
         """The state ``n`` decode steps earlier (runtime ``popn``; decode steps only, at most
@@ -274,8 +287,32 @@ class CompiledModel:
             _builtin("kv_state_popn")(self._rnn, new.seq_id, int(n))
         except Exception as err:
             raise RWKVRelaxError(f"cannot roll back {n} tokens: {str(err).splitlines()[0][:160]}") from None
+        new._seq.history -= int(n)
         new.length -= n
         return new
+
+    # ---- in-place batches (the server's engine loop, rwkv_relax/serve/scheduler.py) -------------
+    def advance_batch(self, states: Sequence[State], token_lists: Sequence[Sequence[int]]) -> np.ndarray:
+        """Feed ``token_lists[i]`` into ``states[i]`` IN PLACE, all in one packed forward (no fork,
+        unlike batch_prefill / batch_decode); returns each sequence's last logits, (B, V).
+
+        One token each runs the ``batch_decode`` kernel, anything else ``batch_prefill``; both
+        compute every row alone, so a sequence's logits and state do not depend on its batch
+        neighbours nor on how its tokens were split into calls (bit-identical on llvm)."""
+        ids = [self._tokens(t) for t in token_lists]
+        if len(ids) != len(states) or not ids:
+            raise RWKVRelaxError(f"advance_batch takes one token list per state, got {len(ids)} for {len(states)}")
+        packed = np.concatenate(ids)
+        emb = self._embed(packed)
+        seq_ids, lengths = [s.seq_id for s in states], [int(i.size) for i in ids]
+        if packed.size == len(ids):  # (B, C) -> (B, 1, C)
+            logits = self._run("batch_decode", seq_ids, lengths, emb._create_view((len(ids), 1, emb.shape[1])))
+        else:  # (T, C) -> (1, T, C), with each sequence's last position
+            last = tvm.runtime.tensor(np.cumsum(lengths).astype(np.int32) - 1, self.device)
+            logits = self._run("batch_prefill", seq_ids, lengths, emb._create_view((1, *emb.shape)), last)
+        for s, n in zip(states, lengths):
+            s.length += n
+        return self._host(logits).reshape(len(ids), -1)
 
 
 def load_model(lib_path: str | Path, weights: str | Path, device: str = "cpu", **kwargs) -> CompiledModel:
