@@ -29,6 +29,8 @@ def parser() -> OneLineParser:
     p.add_argument("--arch", dest="chip", help="old name of --chip")
     p.add_argument("--quantization", default=None,
                    help=f"{', '.join(MODES)} (default: the model dir's, else q0f32)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="cuda only: capture decode's kernels in CUDA graphs, replayed each step (fewer launches)")
     add_config_flags(p)
     p.add_argument("-o", "--output", default=None, help="library path (default dist/libs/...)")
     return p
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
         args.quantization = args.quantization or DEFAULT_QUANTIZATION
     t0 = time.perf_counter()
     out = build(args.model, target=args.target, output=args.output, quantization=args.quantization,
-                chip=args.chip, overrides=config_overrides(args))
+                chip=args.chip, overrides=config_overrides(args), cuda_graph=args.cuda_graph)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -134,12 +134,15 @@ def default_output(source: ModelSource, quantization: str, target: TargetPreset)
 
 def build(model: str, target: str = "llvm", output: str | Path | None = None,
           quantization: str | None = None, chip: str | None = None,
-          overrides: dict[str, Any] | None = None) -> Path:
+          overrides: dict[str, Any] | None = None, cuda_graph: bool = False) -> Path:
     """Compile ``model`` for ``target`` and write the library. Returns its path.
 
     ``quantization`` defaults to the model directory's (gen_config), else q0f32; ``chip`` is the
-    target's chip (llvm -mcpu, cuda sm_XX, ...)."""
+    target's chip (llvm -mcpu, cuda sm_XX, ...); ``cuda_graph`` (cuda only): decode's kernels are
+    captured in CUDA graphs (``targets/cuda.py``), recorded as ``cuda_graph`` in ``_metadata``."""
     preset = get_target(target)
+    if cuda_graph and preset.name != "cuda":
+        raise ConfigError(f"--cuda-graph is a cuda option; drop it or build with --target cuda, not {target}")
     if quantization is not None:
         get_mode(quantization)  # an unknown mode fails before any work
     source = resolve_model(model, overrides)
@@ -152,13 +155,19 @@ def build(model: str, target: str = "llvm", output: str | Path | None = None,
     preset.check_toolchain(str(out))
     if preset.needs_child_build():
         return preset.child_build(dict(model=model, target=target, output=str(out), quantization=quantization,
-                                       chip=chip, overrides=overrides))
+                                       chip=chip, overrides=overrides, cuda_graph=cuda_graph))
     t0 = time.perf_counter()
     mod, metadata = export(source, quantization, source.keep_embedding_head)
     preset.check_params(metadata["params"], quantization)
     log.info("compiling %s (%s) for %s", source.name, quantization, preset.name)
     prefix = system_lib_prefix(source, quantization) if preset.prefixed_system_lib else None
-    ex = preset.compile(mod, tvm_target, prefix)
+    if cuda_graph:
+        from .targets.cuda import cuda_graph_context
+        metadata["cuda_graph"] = True
+        with cuda_graph_context():
+            ex = preset.compile(attach_metadata(mod, metadata), tvm_target, prefix)
+    else:
+        ex = preset.compile(mod, tvm_target, prefix)
     log.info("compiled in %.0f s; writing %s", time.perf_counter() - t0, out)
     return atomic_write(out, lambda tmp: preset.export(ex, tmp, prefix))
 

@@ -104,7 +104,57 @@ def build_in_child(kwargs: dict) -> Path:
     return Path(kwargs["output"])
 
 
+# ---- CUDA graphs (--cuda-graph) ---------------------------------------------------------------
+CUDA_GRAPH_CONFIG = "relax.backend.use_cuda_graph"  # TVM's own switch for its RewriteCUDAGraph
+# Functions whose kernels are captured. Only decode: the rewrite moves every statically planned
+# buffer of the functions it sees into one allocation cached by the VM and shared by all of them,
+# and create_rnn_state hands such a buffer (the zero initial WKV state) to the RNNState, which keeps
+# it and copies it into every new sequence; decode's captured kernels would later overwrite it.
+# Decode's own buffers die with the call (rnn_state_set copies), so capturing decode is safe.
+# prefill / batch_prefill / batch_decode have symbolic lengths and gain nothing.
+CUDA_GRAPH_FUNCTIONS = ("decode",)
+
+
+def cuda_graph_context():
+    """The current PassContext with relax.backend.use_cuda_graph on (instruments etc. kept)."""
+    import tvm
+    cur = tvm.transform.PassContext.current()
+    return tvm.transform.PassContext(opt_level=cur.opt_level, required_pass=list(cur.required_pass),
+                                     disabled_pass=list(cur.disabled_pass), instruments=list(cur.instruments),
+                                     config={**dict(cur.config), CUDA_GRAPH_CONFIG: True})
+
+
+def decode_cuda_graph_pass():
+    """TVM's RewriteCUDAGraph on ``CUDA_GRAPH_FUNCTIONS`` alone, when the PassContext turns
+    relax.backend.use_cuda_graph on (a no-op otherwise). Runs after StaticPlanBlockMemory: it lifts
+    the planned buffers into a cached allocation and the kernel runs between the RNNState's
+    get/set calls (packed functions, not capturable) into functions that the VM captures once as
+    a CUDA graph and replays on later calls (``vm.builtin.cuda_graph.run_or_capture``)."""
+    import tvm
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name="RewriteCUDAGraphDecode")
+    def _rewrite(mod, ctx):
+        if not bool(ctx.config.get(CUDA_GRAPH_CONFIG, False)):
+            return mod
+        aside = {gv: f for gv, f in mod.functions_items()
+                 if isinstance(f, relax.Function) and gv.name_hint not in CUDA_GRAPH_FUNCTIONS}
+        mod = mod.clone()
+        for gv in aside:
+            del mod[gv]
+        mod = relax.transform.RewriteCUDAGraph()(mod)
+        for gv, func in aside.items():
+            mod[gv] = func
+        return mod
+    return _rewrite
+
+
+def cuda_pipeline(target):
+    from .gpu import gpu_pipeline
+    return gpu_pipeline(target, after_memory_plan=[decode_cuda_graph_pass()])
+
+
 CUDA = TargetPreset("cuda", _cuda, ".so", _export_cuda, False, "NVIDIA GPUs (nvcc fatbin: SASS + PTX)",
-                    chip_help="sm_XX (default sm_90)", toolchain=check_nvcc,
+                    pipeline=cuda_pipeline, chip_help="sm_XX (default sm_90)", toolchain=check_nvcc,
                     in_child=lambda: not cuda_runtime_loaded(), run_child=build_in_child,
                     prepare=install_cuda_compile_callback)

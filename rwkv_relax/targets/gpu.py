@@ -44,9 +44,13 @@ def schedule_rules():
             dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
 
 
-def gpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+def gpu_pipeline(target: tvm.target.Target, after_memory_plan=()) -> tvm.transform.Pass:
+    """``after_memory_plan``: passes run right after StaticPlanBlockMemory (cuda's graph capture)."""
     @tvm.transform.module_pass(opt_level=0, name="RWKVGPUPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        finalize = gpu_generic.finalize_passes(target)
+        assert finalize[0].info.name == "StaticPlanBlockMemory", finalize[0].info.name
+        finalize[1:1] = list(after_memory_plan)
         with target:
             seq = [retarget_kernels(lambda _: "gpu")] + gpu_generic.library_dispatch_passes(target) + [
                 relax.transform.FuseTransposeMatmul(),
@@ -56,6 +60,6 @@ def gpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
                 relax.transform.FuseOps(),
                 relax.transform.FuseTIR(),
                 dl.ApplyDefaultSchedule(*schedule_rules()),
-            ] + gpu_generic.dataflow_lower_passes(target) + gpu_generic.finalize_passes(target)
+            ] + gpu_generic.dataflow_lower_passes(target) + finalize
             return tvm.transform.Sequential(seq)(mod)
     return _pipeline
