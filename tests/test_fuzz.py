@@ -7,7 +7,8 @@ dropped / duplicated / renamed tensors) through ``convert_weight``; config JSON 
 field) through ``resolve_model`` and ``--overrides``; tensor-cache directories (shards truncated,
 md5 / size edited, index fields removed) through ``load_model``; state files (truncated, random
 metadata, wrong shapes); World vocab files (bad lines, escapes, duplicate ids); sampler
-parameters; the CLIs' flags. The number of cases per surface is printed at the end of the run.
+parameters; the CLIs' flags; the server's request bodies (a 2xx or an OpenAI-style 4xx JSON, the
+server alive after every case). The number of cases per surface is printed at the end of the run.
 """
 from __future__ import annotations
 
@@ -447,3 +448,51 @@ def test_chat_config_json(tiny, fields):
         read_chat_config(folder)
     except RWKVRelaxError as err:
         one_line(str(err))
+
+
+# ---- the server's request bodies -----------------------------------------------------------------
+BODY_FIELDS = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+               "top_k", "presence_penalty", "frequency_penalty", "stop", "seed", "stream", "n", "logprobs",
+               "top_logprobs", "user", "echo", "stream_options", "logit_bias", "colour"]
+MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "robot"]),
+                                 "content": st.one_of(st.text(max_size=12), ANY_JSON)})
+BODY_VALUE = st.one_of(ANY_JSON, st.lists(MESSAGE, max_size=3), st.sampled_from(["<model>", "Hi there"]))
+
+
+@pytest.fixture(scope="module")
+def server(factory, tmp_path_factory):
+    from serve_harness import Server
+    from test_engine import world_model
+    pytest.importorskip("fastapi")
+    s = Server(*world_model(factory), tmp_path_factory.mktemp("fuzz-serve") / "server.log",
+               "--max-prompt-tokens", 64)
+    yield s
+    s.stop()
+
+
+@settings(**CASES)
+@given(chat=st.booleans(), valid_base=st.booleans(),
+       fields=st.dictionaries(st.sampled_from(BODY_FIELDS), BODY_VALUE, max_size=6),
+       raw=st.one_of(st.none(), st.binary(max_size=24)))
+def test_server_request_bodies(server, chat, valid_base, fields, raw):
+    """Any body for /v1/completions or /v1/chat/completions (random fields, over a valid body half
+    the time): a 200 whose answer has usage, or a 4xx with an OpenAI error JSON; the server answers
+    /health after every case."""
+    from serve_harness import assert_openai_error
+    count("server request bodies")
+    base = {"model": "<model>", **({"messages": [{"role": "user", "content": "Hi"}]} if chat else {"prompt": "Hi"})}
+    body = {k: server.model if v == "<model>" else v for k, v in {**(base if valid_base else {}), **fields}.items()}
+    for key in ("max_tokens", "max_completion_tokens"):  # valid lengths stay short: 40 cases, not 40 x 256 tokens
+        if type(body.get(key)) is int and body[key] > 4:
+            body[key] = 4
+    body.setdefault("max_tokens", 2)
+    data = raw if raw is not None else json.dumps(body).encode()
+    status, headers, answer = server.request("POST", "/v1/chat/completions" if chat else "/v1/completions", data)
+    if status == 200:
+        if headers["content-type"].startswith("text/event-stream"):
+            assert answer.rstrip().endswith(b"data: [DONE]") or b'"error"' in answer, answer[-300:]
+        else:
+            assert json.loads(answer)["usage"]["completion_tokens"] >= 0
+    else:
+        assert_openai_error(status, json.loads(answer))
+    assert server.alive()

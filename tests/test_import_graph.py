@@ -104,6 +104,11 @@ FORBIDDEN = [
     ("rwkv_relax.runtime*", "rwkv_relax.versions.*.model", "the runtime never imports the compiler"),
     ("rwkv_relax.runtime*", "rwkv_relax.quantization.transform", "the runtime never imports the compiler"),
     ("rwkv_relax.runtime*", "tir_kernels*", "the runtime never imports the compiler"),
+    *[("rwkv_relax.serve*", compiler, "the server is runtime-side: it never imports the compiler")
+      for compiler in ("rwkv_relax.pipeline", "rwkv_relax.jit", "rwkv_relax.model_dir", "rwkv_relax.debug",
+                       "rwkv_relax.targets*", "rwkv_relax.models*", "rwkv_relax.versions.*.model",
+                       "rwkv_relax.quantization.transform", "tir_kernels*")],
+    ("rwkv_relax.runtime*", "rwkv_relax.serve*", "the server is built on the runtime, not the reverse"),
     ("rwkv_relax.weights", "rwkv_relax.pipeline", "weights are read without the compiler"),
     ("rwkv_relax.weights", "rwkv_relax.models*", "weights are read without the compiler"),
     ("rwkv_relax.models*", "rwkv_relax.loaders*", "models never import loaders"),
@@ -157,13 +162,14 @@ def test_the_rules_see_real_edges():
     assert "rwkv_relax.pipeline" in GRAPH["rwkv_relax.jit"]  # imported inside ensure_library
     assert "rwkv_relax.models.ops" in GRAPH["rwkv_relax.versions.rwkv5.model"]
     assert "tir_kernels" in GRAPH["rwkv_relax.models.ops"]
+    assert "rwkv_relax.runtime.engine" in GRAPH["rwkv_relax.serve.__main__"]  # imported inside build_app
 
 
 # Parts that import without TVM and torch (a fresh interpreter; sys.modules checked after)
 LIGHT = ["rwkv_relax", "rwkv_relax.tokenizer", "rwkv_relax.runtime.tokenizers", "rwkv_relax.runtime.sampler",
          "rwkv_relax.runtime.conversation", "rwkv_relax.config", "rwkv_relax.registry", "rwkv_relax.targets",
          "rwkv_relax.loaders", "rwkv_relax.quantization", "rwkv_relax.build", "rwkv_relax.convert_weight",
-         "rwkv_relax.gen_config", "rwkv_relax.chat", "rwkv_relax.generate"]
+         "rwkv_relax.gen_config", "rwkv_relax.chat", "rwkv_relax.generate", "rwkv_relax.serve.__main__"]
 
 
 def test_light_parts_import_without_tvm_or_torch():

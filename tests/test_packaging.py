@@ -54,7 +54,7 @@ def test_light_parts_without_tvm_or_torch(wheel, tmp_path):
             "print(rwkv_relax.tokenizer.__file__)\n")
     where = run(py, "-c", code, cwd=tmp_path)
     assert str(tmp_path / "light") in where  # the installed copy, not the checkout
-    for cli in ("build", "convert_weight", "gen_config", "chat", "generate"):
+    for cli in ("build", "convert_weight", "gen_config", "chat", "generate", "serve"):
         assert "usage:" in run(py, "-m", f"rwkv_relax.{cli}", "--help", cwd=tmp_path)
 
 
