@@ -73,13 +73,23 @@ def ckpt(factory):
 TOLERANCE = {"float32": 2e-5, "float16": 3e-3}
 
 
-@pytest.mark.parametrize("arch", list(ARCH_SHAPES))
-@pytest.mark.parametrize("mode", list(MODES))
-def test_compiled_matches_float64_model_on_dequantized_weights(factory, rng, mode, arch):
-    """Prefill (TE dequantize-matmul under the CPU schedule) and decode (the hand-written GEMV)."""
+# every version x mode in the default layout; the sparse hidden-major channel-mix value
+# (tir_kernels/ffn_value/) for every version in a float and a 4-bit mode, and the rest on RWKV-5
+CASES = ([(arch, mode, "dense") for arch in ARCH_SHAPES for mode in MODES]
+         + [(arch, mode, "hidden_major") for arch in ARCH_SHAPES for mode in ("q0f32", "q4f16_1")]
+         + [("rwkv5", mode, "hidden_major") for mode in ("q0f16", "q8f16_1", "q4f32_1")])
+
+
+@pytest.mark.parametrize("arch,mode,layout", CASES)
+def test_compiled_matches_float64_model_on_dequantized_weights(factory, rng, mode, arch, layout):
+    """Prefill (TE dequantize-matmul under the CPU schedule) and decode (the hand-written GEMV);
+    hidden_major: the channel-mix value through the sparse kernel, prefill (packed panels) and
+    decode (chunked rows)."""
     shape = ARCH_SHAPES[arch]
     ckpt = factory.checkpoint(arch, "quant", **shape)
-    model = load_model(factory.library(ckpt, quantization=mode), ckpt)
+    model = load_model(factory.library(ckpt, quantization=mode, overrides={"ffn_value_layout": layout}), ckpt)
+    value = "blocks.1.ffn.value." + ("weight" if mode.startswith("q0") else "q_weight")
+    assert (value + "_t" in {p["name"] for p in model.metadata["params"]}) == (layout == "hidden_major")
     params = {p["name"]: t.numpy() for p, t in zip(model.metadata["params"], model.params)}
     assert params[FP32_PARAM[arch]].dtype == np.float32
     if get_mode(mode).quantized:
@@ -233,11 +243,11 @@ def test_conversion_memory_stays_near_one_tensor(big_checkpoint, tmp_path, mode)
 
 
 def test_ffn_value_layouts_agree_and_are_not_mixed_up(factory, ckpt, tmp_path, rng):
-    """The hidden-major channel-mix value (sparse reads, the default) gives the dense layout's
+    """The hidden-major channel-mix value (sparse reads) gives the dense layout's
     logits to fp32 rounding; a tensor cache of one layout is refused by a library of the other."""
     dense = {"ffn_value_layout": "dense"}
     tokens = rng.integers(0, SHAPE["vocab_size"], 20)
-    sparse_lib = factory.library(ckpt, quantization="q0f32")
+    sparse_lib = factory.library(ckpt, quantization="q0f32", overrides={"ffn_value_layout": "hidden_major"})
     dense_lib = factory.library(ckpt, quantization="q0f32", overrides=dense)
     a = load_model(sparse_lib, ckpt).prefill(tokens)[0]
     b = load_model(dense_lib, ckpt).prefill(tokens)[0]

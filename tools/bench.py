@@ -191,8 +191,8 @@ def main(argv=None) -> int:
                         "hidden units is zero on typical inputs (tools/ffn_sparsity.py); prints the measured "
                         "fraction per layer")
     p.add_argument("--ab-dense", action="store_true",
-                   help="also time every mode with the dense channel-mix value (ffn_value_layout=dense) in the "
-                        "same rounds: the A/B of the sparse value kernel")
+                   help="time every mode with the sparse channel-mix value (ffn_value_layout=hidden_major) and "
+                        "with the dense one (the default), in the same rounds: the sparse kernel's A/B")
     p.add_argument("--tokenizer", action="store_true",
                    help="also time World tokenizer encode against ChatRWKV's TRIE_TOKENIZER (1 MB)")
     args = p.parse_args(argv)
@@ -221,11 +221,12 @@ def main(argv=None) -> int:
     zeros = ffn_sparsity.zero_fractions(ckpt, prompt[:64])
     models, build_s = {}, {}
     for mode in args.modes.split(","):
-        for layout in ("hidden_major", "dense") if args.ab_dense else ("hidden_major",):
-            label = mode if layout == "hidden_major" else f"{mode}/dense"
+        # --ab-dense: "mode" is the sparse hidden-major value, "mode/dense" the dense one
+        for layout in ("hidden_major", "dense") if args.ab_dense else (None,):
+            label = f"{mode}/dense" if layout == "dense" else mode
             t0 = time.perf_counter()
             lib = build(str(ckpt), target="llvm", output=work / f"model-{mode}-{layout}.so", quantization=mode,
-                        overrides={"ffn_value_layout": layout})
+                        overrides={"ffn_value_layout": layout} if layout else None)
             build_s[label] = time.perf_counter() - t0
             models[label] = load_model(lib, ckpt)
     # Rounds interleave the modes (and the bandwidth probes): on a shared machine throughput

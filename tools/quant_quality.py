@@ -23,8 +23,8 @@ def main(argv=None) -> int:
     p.add_argument("--positions", type=int, default=256)
     p.add_argument("--modes", default="q0f16,q8f16_1,q4f32_1,q4f16_1")
     p.add_argument("--ab-dense", action="store_true",
-                   help="also each mode with the dense channel-mix value layout (its weights quantized along F, "
-                        "the hidden-major default quantizes them along C)")
+                   help="each mode with the sparse hidden-major channel-mix value (quantized along C) and the "
+                        "dense default (quantized along F)")
     args = p.parse_args(argv)
     from rwkv_relax import load_model
     from rwkv_relax.pipeline import build
@@ -39,10 +39,10 @@ def main(argv=None) -> int:
     ref = position_logits(base, tokens)
     print(f"{'mode':16s} {'mean KL':>10s} {'max KL':>10s} {'top-1':>7s}")
     for mode in args.modes.split(","):
-        for layout in ("hidden_major", "dense") if args.ab_dense else ("hidden_major",):
-            label = mode if layout == "hidden_major" else f"{mode}/dense"
+        for layout in ("hidden_major", "dense") if args.ab_dense else (None,):
+            label = f"{mode}/dense" if layout == "dense" else mode
             lib = build(str(ckpt), output=work / f"{mode}-{layout}.so", quantization=mode,
-                        overrides={"ffn_value_layout": layout})
+                        overrides={"ffn_value_layout": layout} if layout else None)
             r = compare(ref, position_logits(load_model(lib, ckpt), tokens))
             print(f"{label:16s} {r['mean_kl']:10.5f} {r['max_kl']:10.5f} {r['top1']:7.3f}")
     return 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 from ..quant_matmul.format import qmax
-from .cpu import PANEL_MIN_ROWS, PREFETCH, TILE_ROWS, _nonzero_lists, _prefetch
+from .cpu import PANEL_MIN_ROWS, PREFETCH, TILE_ROWS, _prefetch, _tile_lists
 
 
 def ffn_value_q_cpu(F: int, C: int, bits: int, group: int, act_dtype: str, out_dtype: str):
@@ -30,7 +30,7 @@ def ffn_value_q_cpu(F: int, C: int, bits: int, group: int, act_dtype: str, out_d
     mask = 2 ** bits - 1
     qm = float(qmax(bits))
     R = TILE_ROWS
-    nonzero_lists = _nonzero_lists(F, act_dtype)
+    tile_lists = _tile_lists(F, act_dtype)
 
     def code(q, f, word, j):
         """``code_j * 2**(bits*j)`` of ``q[f, word]`` as fp32 (exact); the top code shifted down."""
@@ -101,12 +101,7 @@ def ffn_value_q_cpu(F: int, C: int, bits: int, group: int, act_dtype: str, out_d
         y = T.match_buffer(var_y, (seq_len, T.int64(C)), out_dtype)
         idx = T.alloc_buffer((seq_len // R + seq_len % R, T.int64(F)), "int32")
         cnt = T.alloc_buffer((seq_len // R + seq_len % R,), "int32")
-        for tile in T.parallel(seq_len // R + seq_len % R):
-            pos = T.alloc_buffer((1,), "int32", scope="global")
-            if tile < seq_len // R:
-                nonzero_lists(x, idx, cnt, pos, tile, tile * R, R)
-            else:
-                nonzero_lists(x, idx, cnt, pos, tile, seq_len // R * R + (tile - seq_len // R), 1)
+        tile_lists(x, idx, cnt, cnt, seq_len)  # no chunk starts: cnt stands in for them
         if seq_len >= PANEL_MIN_ROWS:
             # prefill: each task converts its column panel once and sweeps every token tile over it
             for ct in T.parallel(CTN):
