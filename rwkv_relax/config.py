@@ -91,8 +91,8 @@ class RWKVConfig(ConfigBase):
     fp32_layers: list = dataclasses.field(default_factory=list)  # layers kept fp32 in an fp16 model
     # the channel mix's value matrix: "dense" the checkpoint's (C, F) through the ordinary matmul;
     # "hidden_major" (F, C), read only where relu(K x)^2 is nonzero (tir_kernels/ffn_value/): it
-    # wins on sparse channel mixes (1.19x q0f32 decode at 90% zeros) but not yet at the ~50% of
-    # random weights (1.0x float, 0.77x q4f16_1 decode), so it is opt-in
+    # wins on sparse channel mixes (12x768, 90% zeros: 1.13x q0f32 decode) but not at the ~50% of
+    # random weights (1.02x q0f32, 0.82x q4f16_1 decode), so it is opt-in
     ffn_value_layout: str = "dense"
 
     def default_dim_ffn(self) -> int:
