@@ -7,6 +7,7 @@ from typing import Callable, Collection, Mapping
 import numpy as np
 
 from ..errors import CheckpointError
+from . import transforms as tf
 from .layouts import CanonicalView
 
 # what a weight may be stored as (float64 converters exist; it is cast exactly like the rest):
@@ -24,6 +25,23 @@ class ParamSource:
 
     sources: tuple[str, ...]
     transform: Callable[..., np.ndarray]
+
+
+def as_stored(name: str) -> ParamSource:
+    """The parameter ``name`` is the checkpoint tensor of the same name, as it is."""
+    return ParamSource((name,), tf.identity)
+
+
+def outer_entries(C: int, V: int) -> tuple[dict, dict]:
+    """``(shapes, params)`` of the tensors around the blocks, the same in every version: the
+    embedding (with ``blocks.0.ln0`` folded in), the final LayerNorm and the head. A version's
+    table starts from them and adds its blocks."""
+    shapes = {"emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,),
+              "ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C)}
+    params = {"embeddings.weight": ParamSource(("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias"),
+                                               tf.fold_ln0_into_embedding),
+              **{name: as_stored(name) for name in ("ln_out.weight", "ln_out.bias", "head.weight")}}
+    return shapes, params
 
 
 @dataclasses.dataclass(frozen=True)

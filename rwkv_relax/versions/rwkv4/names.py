@@ -11,7 +11,7 @@ import re
 from ...errors import CheckpointError
 from ...loaders import transforms as tf
 from ...loaders.layouts import BLINK, HF_RWKV, CanonicalView
-from ...loaders.table import ParamSource, TensorTable
+from ...loaders.table import ParamSource, TensorTable, outer_entries
 from .config import RWKV4Config
 
 LAYOUTS = (BLINK, HF_RWKV)
@@ -24,12 +24,7 @@ def is_version(view: CanonicalView) -> bool:
 
 def table(cfg: RWKV4Config) -> TensorTable:
     C, A, F, V = cfg.n_embd, cfg.dim_att, cfg.dim_ffn, cfg.vocab_size
-    shapes = {"emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,),
-              "ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C)}
-    params = {"embeddings.weight": ParamSource(("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias"),
-                                               tf.fold_ln0_into_embedding)}
-    params.update({name: ParamSource((name,), tf.identity)
-                   for name in ("ln_out.weight", "ln_out.bias", "head.weight")})
+    shapes, params = outer_entries(C, V)
     for i in range(cfg.n_layer):
         mix_vector = ((1, 1, C), tf.squeeze_vector)
         residual = tf.rescaled(i, cfg.rescale_every)  # the two projections that write the residual

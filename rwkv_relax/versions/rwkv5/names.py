@@ -14,7 +14,7 @@ from ...errors import CheckpointError
 from ...loaders import time_state
 from ...loaders import transforms as tf
 from ...loaders.layouts import BLINK, HF_RWKV, CanonicalView
-from ...loaders.table import ParamSource, TensorTable
+from ...loaders.table import ParamSource, TensorTable, as_stored, outer_entries
 from .config import RWKV5Config
 
 LAYOUTS = (BLINK, HF_RWKV)
@@ -29,16 +29,8 @@ def is_version(view: CanonicalView) -> bool:
 
 def table(cfg: RWKV5Config) -> TensorTable:
     C, A, F, V, H, N = cfg.n_embd, cfg.dim_att, cfg.dim_ffn, cfg.vocab_size, cfg.n_head, cfg.head_size
-    same = lambda name: ParamSource((name,), tf.identity)
     optional = {time_state.canonical_name(i): (H, N, N) for i in range(cfg.n_layer)}  # [head, value, key]
-    shapes = {"emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,),
-              "ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C)}
-    params = {
-        "embeddings.weight": ParamSource(("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias"),
-                                         tf.fold_ln0_into_embedding),
-        "ln_out.weight": same("ln_out.weight"), "ln_out.bias": same("ln_out.bias"),
-        "head.weight": same("head.weight"),
-    }
+    shapes, params = outer_entries(C, V)
     for i in range(cfg.n_layer):
         b = f"blocks.{i}."
         residual = tf.rescaled(i, cfg.rescale_every)  # the two projections that write the residual
@@ -58,7 +50,7 @@ def table(cfg: RWKV5Config) -> TensorTable:
         for name in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.receptance.weight",
                      "att.key.weight", "att.value.weight", "att.gate.weight", "ffn.key.weight",
                      "ffn.receptance.weight"):
-            params[b + name] = same(b + name)
+            params[b + name] = as_stored(b + name)
         for name in ("att.time_mix_k", "att.time_mix_v", "att.time_mix_r", "att.time_mix_g",
                      "ffn.time_mix_k", "ffn.time_mix_r"):
             params[b + name] = ParamSource((b + name,), tf.squeeze_vector)

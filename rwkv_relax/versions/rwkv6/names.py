@@ -15,7 +15,7 @@ from ...errors import CheckpointError
 from ...loaders import time_state
 from ...loaders import transforms as tf
 from ...loaders.layouts import BLINK, HF_RWKV, CanonicalView
-from ...loaders.table import ParamSource, TensorTable
+from ...loaders.table import ParamSource, TensorTable, as_stored, outer_entries
 from .config import RWKV6Config
 
 LAYOUTS = (BLINK, HF_RWKV)
@@ -30,20 +30,14 @@ def is_version(view: CanonicalView) -> bool:
 def table(cfg: RWKV6Config) -> TensorTable:
     C, A, F, V, H, N = cfg.n_embd, cfg.dim_att, cfg.dim_ffn, cfg.vocab_size, cfg.n_head, cfg.head_size
     Dm, Dd = cfg.dim_mix_lora, cfg.dim_decay_lora
-    same = lambda name: ParamSource((name,), tf.identity)
-    shapes = {"emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,),
-              "ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C)}
-    params = {"embeddings.weight": ParamSource(("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias"),
-                                               tf.fold_ln0_into_embedding),
-              "ln_out.weight": same("ln_out.weight"), "ln_out.bias": same("ln_out.bias"),
-              "head.weight": same("head.weight")}
+    shapes, params = outer_entries(C, V)
     optional = {}
     for i in range(cfg.n_layer):
         b = f"blocks.{i}."
         att = b + "att."
         residual = tf.rescaled(i, cfg.rescale_every)  # the two projections that write the residual
         for name in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias"):
-            shapes[b + name], params[b + name] = (C,), same(b + name)
+            shapes[b + name], params[b + name] = (C,), as_stored(b + name)
         for m in ("x", *MIXES):
             shapes[att + f"time_maa_{m}"] = (1, 1, C)
             params[att + f"time_maa_{m}"] = ParamSource((att + f"time_maa_{m}",), tf.squeeze_vector)
@@ -59,7 +53,7 @@ def table(cfg: RWKV6Config) -> TensorTable:
         shapes[att + "time_faaaa"] = (H, N)
         params[att + "time_faaaa"] = ParamSource((att + "time_faaaa",), tf.as_float32)  # u, raw
         for lin in ("receptance", "key", "value", "gate"):
-            shapes[att + f"{lin}.weight"], params[att + f"{lin}.weight"] = (A, C), same(att + f"{lin}.weight")
+            shapes[att + f"{lin}.weight"], params[att + f"{lin}.weight"] = (A, C), as_stored(att + f"{lin}.weight")
         shapes[att + "output.weight"] = (C, A)
         params[att + "output.weight"] = ParamSource((att + "output.weight",), residual)
         shapes[att + "ln_x.weight"] = shapes[att + "ln_x.bias"] = (A,)
@@ -69,9 +63,9 @@ def table(cfg: RWKV6Config) -> TensorTable:
         for m in ("k", "r"):
             shapes[b + f"ffn.time_maa_{m}"] = (1, 1, C)
             params[b + f"ffn.time_maa_{m}"] = ParamSource((b + f"ffn.time_maa_{m}",), tf.squeeze_vector)
-        shapes[b + "ffn.key.weight"], params[b + "ffn.key.weight"] = (F, C), same(b + "ffn.key.weight")
+        shapes[b + "ffn.key.weight"], params[b + "ffn.key.weight"] = (F, C), as_stored(b + "ffn.key.weight")
         shapes[b + "ffn.receptance.weight"] = (C, C)
-        params[b + "ffn.receptance.weight"] = same(b + "ffn.receptance.weight")
+        params[b + "ffn.receptance.weight"] = as_stored(b + "ffn.receptance.weight")
         shapes[b + "ffn.value.weight"] = (C, F)
         params[b + "ffn.value.weight"] = ParamSource((b + "ffn.value.weight",), residual)
     return TensorTable(shapes, params, optional=optional)

@@ -18,7 +18,7 @@ import re
 from ...errors import CheckpointError
 from ...loaders import transforms as tf
 from ...loaders.layouts import AS_1_1_C, AS_STORED, BLINK, TRANSPOSED, CanonicalView, PatternLayout
-from ...loaders.table import ParamSource, TensorTable
+from ...loaders.table import ParamSource, TensorTable, as_stored, outer_entries
 from .config import RWKV7Config
 
 MIXES = ("r", "w", "k", "v", "a", "g")  # the six token-shift lerps, att.x_r ... att.x_g
@@ -74,18 +74,12 @@ def is_version(view: CanonicalView) -> bool:
 def table(cfg: RWKV7Config) -> TensorTable:
     C, F, V, H, N = cfg.n_embd, cfg.dim_ffn, cfg.vocab_size, cfg.n_head, cfg.head_size
     width = {m: getattr(cfg, f"dim_{LORAS[m]}_lora") for m in LORAS}
-    same = lambda name: ParamSource((name,), tf.identity)
-    shapes = {"emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,),
-              "ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C)}
-    params = {"embeddings.weight": ParamSource(("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias"),
-                                               tf.fold_ln0_into_embedding),
-              "ln_out.weight": same("ln_out.weight"), "ln_out.bias": same("ln_out.bias"),
-              "head.weight": same("head.weight")}
+    shapes, params = outer_entries(C, V)
     ignored = ["blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"]
     for i in range(cfg.n_layer):
         b = f"blocks.{i}."
         for name in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias"):
-            shapes[b + name], params[b + name] = (C,), same(b + name)
+            shapes[b + name], params[b + name] = (C,), as_stored(b + name)
         for m in MIXES:
             shapes[b + f"att.x_{m}"] = (1, 1, C)
             params[b + f"att.x_{m}"] = ParamSource((b + f"att.x_{m}",), tf.squeeze_vector)
@@ -104,14 +98,15 @@ def table(cfg: RWKV7Config) -> TensorTable:
         shapes[b + "att.r_k"] = (H, N)
         params[b + "att.r_k"] = ParamSource((b + "att.r_k",), tf.as_float32)
         for lin in ("receptance", "key", "value", "output"):
-            shapes[b + f"att.{lin}.weight"], params[b + f"att.{lin}.weight"] = (C, C), same(b + f"att.{lin}.weight")
+            name = b + f"att.{lin}.weight"
+            shapes[name], params[name] = (C, C), as_stored(name)
         shapes[b + "att.ln_x.weight"] = shapes[b + "att.ln_x.bias"] = (C,)
         params[b + "att.ln_x_weight"] = ParamSource((b + "att.ln_x.weight",), tf.as_float32)
         params[b + "att.ln_x_bias"] = ParamSource((b + "att.ln_x.bias",), tf.as_float32)
         shapes[b + "ffn.x_k"] = (1, 1, C)
         params[b + "ffn.x_k"] = ParamSource((b + "ffn.x_k",), tf.squeeze_vector)
-        shapes[b + "ffn.key.weight"], params[b + "ffn.key.weight"] = (F, C), same(b + "ffn.key.weight")
-        shapes[b + "ffn.value.weight"], params[b + "ffn.value.weight"] = (C, F), same(b + "ffn.value.weight")
+        shapes[b + "ffn.key.weight"], params[b + "ffn.key.weight"] = (F, C), as_stored(b + "ffn.key.weight")
+        shapes[b + "ffn.value.weight"], params[b + "ffn.value.weight"] = (C, F), as_stored(b + "ffn.value.weight")
     return TensorTable(shapes, params, ignored)
 
 
