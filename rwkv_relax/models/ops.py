@@ -78,20 +78,12 @@ def q_gemv(x: Tensor, q: Tensor, scale: Tensor, out_features: int, in_features: 
     return op.tensor_ir_op(func, "q_gemv", [x, q, scale], Tensor.placeholder([1, out_features], out_dtype))
 
 
-def _rows(x: Tensor, fn, name: str, args: list, out_features: int, out_dtype: str) -> Tensor:
-    """``fn`` on x flattened to (rows, features), the result shaped back like x."""
-    lead = list(x.shape[:-1])
-    x2 = x if len(lead) == 1 else op.reshape(x, [-1, x.shape[-1]])
-    y = op.tensor_ir_op(fn, name, [x2, *args], Tensor.placeholder([x2.shape[0], out_features], out_dtype))
-    return y if len(lead) == 1 else op.reshape(y, [*lead, out_features])
-
-
 def ffn_value(k: Tensor, w_t: Tensor, out_dtype: str) -> Tensor:
     """The channel mix's ``k @ w_t`` over the nonzero entries of k (tir_kernels/ffn_value/):
-    k (.., F), w_t (F, C) hidden-major -> (.., C), fp32 accumulation."""
+    k (T, F), w_t (F, C) hidden-major -> (T, C), fp32 accumulation."""
     F, C = (int(d) for d in w_t.shape)
     func = kernel("ffn_value", F, C, k.dtype, w_t.dtype, out_dtype)
-    return _rows(k, func, "ffn_value", [w_t], C, out_dtype)
+    return op.tensor_ir_op(func, "ffn_value", [k, w_t], Tensor.placeholder([k.shape[0], C], out_dtype))
 
 
 def ffn_value_q(k: Tensor, q: Tensor, scale: Tensor, out_features: int, bits: int, group: int,
@@ -100,4 +92,5 @@ def ffn_value_q(k: Tensor, q: Tensor, scale: Tensor, out_features: int, bits: in
     and scales self-contained): q (F, C*bits/32), scale (F, C/group)."""
     F = int(q.shape[0])
     func = kernel("ffn_value_q", F, out_features, bits, group, k.dtype, out_dtype)
-    return _rows(k, func, "ffn_value_q", [q, scale], out_features, out_dtype)
+    return op.tensor_ir_op(func, "ffn_value_q", [k, q, scale],
+                           Tensor.placeholder([k.shape[0], out_features], out_dtype))

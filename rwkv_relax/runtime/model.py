@@ -257,27 +257,29 @@ class CompiledModel:
         """Several sequences in one packed forward; returns (B, V) logits and new states."""
         ids = [self._tokens(t) for t in token_lists]
         new = [self.new_state() if s is None else self.fork(s) for s in states]
-        packed = np.concatenate(ids)
-        positions = np.cumsum([i.size for i in ids]).astype(np.int32) - 1
-        emb = self._embed(packed)
-        emb = emb._create_view((1, *emb.shape))  # (T, C) -> (1, T, C), no copy
-        logits = self._run("batch_prefill", [s.seq_id for s in new], [int(i.size) for i in ids],
-                           emb, tvm.runtime.tensor(positions, self.device))
-        for s, i in zip(new, ids):
-            s.length += int(i.size)
-        return self._host(logits).reshape(len(ids), -1), new
+        return self._packed("batch_prefill", new, ids), new
 
     def batch_decode(self, tokens: Sequence[int], states: Sequence[State]) -> tuple[np.ndarray, list[State]]:
         """One token for each of several sequences; returns (B, V) logits and new states."""
         ids = self._tokens(tokens)
         taken: set = set()
         new = [successor(s, taken) for s in states]
-        emb = self._embed(ids)
-        logits = self._run("batch_decode", [s.seq_id for s in new], [1] * ids.size,
-                           emb._create_view((ids.size, 1, emb.shape[1])))  # (B, C) -> (B, 1, C)
-        for s in new:
-            s.length += 1
-        return self._host(logits).reshape(ids.size, -1), new
+        return self._packed("batch_decode", new, [ids[i:i + 1] for i in range(ids.size)]), new
+
+    def _packed(self, fn: str, states: Sequence[State], ids: Sequence[np.ndarray]) -> np.ndarray:
+        """``ids[i]`` into ``states[i]`` IN PLACE, all in one packed forward of ``fn``
+        ("batch_decode": one token each; "batch_prefill"); each sequence's last logits, (B, V)."""
+        packed = np.concatenate(ids)
+        emb = self._embed(packed)
+        seq_ids, lengths = [s.seq_id for s in states], [int(i.size) for i in ids]
+        if fn == "batch_decode":  # (B, C) -> (B, 1, C), no copy
+            logits = self._run(fn, seq_ids, lengths, emb._create_view((len(ids), 1, emb.shape[1])))
+        else:  # (T, C) -> (1, T, C), with each sequence's last position
+            last = tvm.runtime.tensor(np.cumsum(lengths).astype(np.int32) - 1, self.device)
+            logits = self._run(fn, seq_ids, lengths, emb._create_view((1, *emb.shape)), last)
+        for s, n in zip(states, lengths):
+            s.length += n
+        return self._host(logits).reshape(len(ids), -1)
 
     def rollback(self, state: State, n: int) -> State:
         """The state ``n`` decode steps earlier (runtime ``popn``; decode steps only, at most
@@ -302,17 +304,7 @@ class CompiledModel:
         ids = [self._tokens(t) for t in token_lists]
         if len(ids) != len(states) or not ids:
             raise RWKVRelaxError(f"advance_batch takes one token list per state, got {len(ids)} for {len(states)}")
-        packed = np.concatenate(ids)
-        emb = self._embed(packed)
-        seq_ids, lengths = [s.seq_id for s in states], [int(i.size) for i in ids]
-        if packed.size == len(ids):  # (B, C) -> (B, 1, C)
-            logits = self._run("batch_decode", seq_ids, lengths, emb._create_view((len(ids), 1, emb.shape[1])))
-        else:  # (T, C) -> (1, T, C), with each sequence's last position
-            last = tvm.runtime.tensor(np.cumsum(lengths).astype(np.int32) - 1, self.device)
-            logits = self._run("batch_prefill", seq_ids, lengths, emb._create_view((1, *emb.shape)), last)
-        for s, n in zip(states, lengths):
-            s.length += n
-        return self._host(logits).reshape(len(ids), -1)
+        return self._packed("batch_decode" if all(i.size == 1 for i in ids) else "batch_prefill", states, ids)
 
 
 def load_model(lib_path: str | Path, weights: str | Path, device: str = "cpu", **kwargs) -> CompiledModel:

@@ -8,9 +8,9 @@ refused by name: silently ignoring them would give the caller something other th
 from __future__ import annotations
 
 import json
-import math
 
 from ..cli import one_line
+from ..config import is_finite_number, is_integer
 from ..errors import RWKVRelaxError
 
 
@@ -26,20 +26,12 @@ class APIError(RWKVRelaxError):
         return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return (_is_int(x) or isinstance(x, float)) and math.isfinite(x)
-
-
 def _is_stop(x) -> bool:
     return isinstance(x, str) or (isinstance(x, list) and len(x) <= 4 and all(isinstance(s, str) for s in x))
 
 
 def _is_token_list(x) -> bool:
-    return isinstance(x, list) and bool(x) and all(_is_int(t) for t in x)
+    return isinstance(x, list) and bool(x) and all(is_integer(t) for t in x)
 
 
 def _is_prompt(x) -> bool:
@@ -49,29 +41,29 @@ def _is_prompt(x) -> bool:
 
 
 def _nonneg_int(x) -> bool:
-    return _is_int(x) and x >= 0
+    return is_integer(x) and x >= 0
 
 
 # field -> (check, what it must be); None is allowed for every optional field (OpenAI's "null")
 COMMON = {
     "model": (lambda x: isinstance(x, str), "a string"),
-    "max_tokens": (lambda x: _is_int(x) and x >= 1, "an integer >= 1"),
-    "temperature": (lambda x: _is_number(x) and 0 <= x <= 2, "a number in [0, 2]"),
-    "top_p": (lambda x: _is_number(x) and 0 < x <= 1, "a number in (0, 1]"),
+    "max_tokens": (lambda x: is_integer(x) and x >= 1, "an integer >= 1"),
+    "temperature": (lambda x: is_finite_number(x) and 0 <= x <= 2, "a number in [0, 2]"),
+    "top_p": (lambda x: is_finite_number(x) and 0 < x <= 1, "a number in (0, 1]"),
     "top_k": (_nonneg_int, "an integer >= 0 (0 = off)"),
-    "presence_penalty": (lambda x: _is_number(x) and -2 <= x <= 2, "a number in [-2, 2]"),
-    "frequency_penalty": (lambda x: _is_number(x) and -2 <= x <= 2, "a number in [-2, 2]"),
+    "presence_penalty": (lambda x: is_finite_number(x) and -2 <= x <= 2, "a number in [-2, 2]"),
+    "frequency_penalty": (lambda x: is_finite_number(x) and -2 <= x <= 2, "a number in [-2, 2]"),
     "stop": (_is_stop, "a string or a list of at most 4 strings"),
     "seed": (_nonneg_int, "an integer >= 0"),
     "stream": (lambda x: isinstance(x, bool), "a boolean"),
     "stream_options": (lambda x: isinstance(x, dict) and set(x) <= {"include_usage"}, '{"include_usage": bool}'),
-    "n": (lambda x: x == 1 and _is_int(x), "1 (one choice per request)"),
+    "n": (lambda x: x == 1 and is_integer(x), "1 (one choice per request)"),
     "user": (lambda x: isinstance(x, str), "a string"),
 }
 COMPLETION = {
     **COMMON,
     "prompt": (_is_prompt, "a string or a list of token ids"),
-    "logprobs": (lambda x: _is_int(x) and 0 <= x <= 5, "an integer in [0, 5]"),
+    "logprobs": (lambda x: is_integer(x) and 0 <= x <= 5, "an integer in [0, 5]"),
     "echo": (lambda x: x is False, "false (echo is not supported)"),
 }
 CHAT = {
@@ -79,7 +71,7 @@ CHAT = {
     "messages": (lambda x: isinstance(x, list) and bool(x), "a non-empty list of messages"),
     "max_completion_tokens": COMMON["max_tokens"],
     "logprobs": (lambda x: isinstance(x, bool), "a boolean"),
-    "top_logprobs": (lambda x: _is_int(x) and 0 <= x <= 20, "an integer in [0, 20]"),
+    "top_logprobs": (lambda x: is_integer(x) and 0 <= x <= 20, "an integer in [0, 20]"),
 }
 UNSUPPORTED = ("logit_bias", "best_of", "suffix", "tools", "tool_choice", "functions", "function_call",
                "response_format", "parallel_tool_calls", "audio", "modalities", "prediction")
