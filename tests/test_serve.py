@@ -262,13 +262,25 @@ def _hang_up(conn, resp) -> None:
     conn.close()
 
 
+def _wait_active(server: Server, n: int, timeout: float = 60) -> None:
+    """Until the loop has admitted ``n`` requests: a stream's first event comes before admission,
+    and a loop busy with a long step (a loaded machine) admits late, so opening more at once
+    could meet a full queue."""
+    deadline = time.monotonic() + timeout
+    while server.metrics()["rwkv_active_sequences"] < n:
+        assert time.monotonic() < deadline, f"fewer than {n} requests admitted in {timeout} s"
+        time.sleep(0.02)
+
+
 def test_clients_that_disconnect_free_their_sequences(server):
     idle = server.wait_idle()["rwkv_runtime_sequences"]
     before = server.metrics()
     # chat streams send their first event at once: 16 are admitted, 4 hang up while waiting
-    streams = [_open_stream(server, "/v1/chat/completions", {
-        "model": server.model, "messages": [{"role": "user", "content": f"Go on {i}"}], "max_tokens": 2000,
-        "seed": i}) for i in range(20)]
+    chat = [{"model": server.model, "messages": [{"role": "user", "content": f"Go on {i}"}],
+             "max_tokens": 2000, "seed": i} for i in range(20)]
+    streams = [_open_stream(server, "/v1/chat/completions", body) for body in chat[:16]]
+    _wait_active(server, 16)
+    streams += [_open_stream(server, "/v1/chat/completions", body) for body in chat[16:]]
     for conn, resp in streams:
         _hang_up(conn, resp)
     after = server.wait_idle()
@@ -324,9 +336,7 @@ def test_full_queue_is_a_429_and_sigterm_drains(small):
     running streams finish whole and the process exits 0. (Runs last: it stops ``small``.)"""
     chat = {"model": small.model, "messages": [{"role": "user", "content": "Talk."}], "max_tokens": 60}
     running = [_open_stream(small, "/v1/chat/completions", {**chat, "seed": i}) for i in range(2)]
-    deadline = time.monotonic() + 10
-    while small.metrics()["rwkv_active_sequences"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_active(small, 2)
     waiting = [_open_stream(small, "/v1/chat/completions", {**chat, "seed": i}) for i in range(2, 4)]
     status, headers, body = small.post("/v1/chat/completions", chat)
     assert_openai_error(status, body, statuses=(429,))
