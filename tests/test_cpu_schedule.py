@@ -212,6 +212,31 @@ def test_packed_dequantize_runs_once_per_task_for_prefill(rng):
         np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_one_row_gemv_prefetches_the_row_tiles_ahead(dtype, rng):
+    """Decode (M = 1, float W): every k step prefetches the lines of a row tile ahead (the
+    hardware prefetcher alone left cold fp16 rows at half the read bandwidth); the prefetches
+    are clamped to W, so the last tiles read nothing past it, and the result is unchanged."""
+    K, N = 192, 200  # 25 tiles of 8 rows: the prefetch of the last ones is clamped
+    x = te.placeholder((1, K), dtype, name="x")
+    w = te.placeholder((N, K), dtype, name="w")
+    r = te.reduce_axis((0, K), name="k")
+    y = te.compute((1, N), lambda i, j: te.sum(x[i, r].astype("float32") * w[j, r].astype("float32"), axis=r),
+                   name="NT_matmul")
+    sch = NTMatmulCPU().apply(te.create_prim_func([x, w, y]), TARGET, False)
+    assert sch is not None
+    script = sch.mod["main"].script()
+    assert script.count('"llvm.prefetch') >= 1 and f"T.int64({N * K - 1})" in script
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
+    assert "@llvm.prefetch" in lib.mod.inspect_source("ll")
+    xa = rng.standard_normal((1, K)).astype(dtype)
+    wa = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(dtype)
+    out = tvm.runtime.empty((1, N), "float32", tvm.cpu())
+    lib["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(wa), out)
+    ref = xa.astype(np.float32) @ wa.astype(np.float32).T
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
 def _uses_var(expr, var) -> bool:
     return any(v.same_as(var) for v in tvm.tirx.analysis.undefined_vars(expr))
 

@@ -227,6 +227,7 @@ class NTMatmulCPU(dl.ScheduleRule):
         col_tiles = n // tile.cols
         per_task = _largest_divisor(col_tiles, max(1, self.block_bytes // (tile.cols * k * 4)))
         col_oo, col_oi, col_i = sch.split(col, [None, per_task, tile.cols])
+        prefetch = None
         if row is not None and deq is not None:
             # tasks = blocks of W rows; the token tiles run serially inside, over the hot block
             row_o, row_i = sch.split(row, [None, rows])
@@ -245,6 +246,8 @@ class NTMatmulCPU(dl.ScheduleRule):
         else:
             sch.reorder(*outer, col_oo, col_oi, ko, col_i, ki)
             par = sch.fuse(*outer, col_oo) if outer else col_oo
+            prefetch = (_weight_buffer(sch.get(rf)), sch.get(ko).loop_var,
+                        sch.get(col_oi).loop_var, sch.get(par).loop_var, per_task)
         sch.parallel(par)
         sch.unroll(col_i)
         sch.vectorize(ki)
@@ -257,6 +260,8 @@ class NTMatmulCPU(dl.ScheduleRule):
             except RuntimeError:
                 break  # not tileable (reads other outputs): it and the rest stay whole-tensor loops
         sch.decompose_reduction(rf, ko)
+        if prefetch is not None and outer == []:
+            return _with_prefetch(sch, *prefetch, tile)
         return sch
 
     @staticmethod
@@ -268,6 +273,87 @@ class NTMatmulCPU(dl.ScheduleRule):
         old = {sch.get(b).name_hint for b in sch.get_producers(main_rv)}
         sch.pad_einsum(main_rv, [rows if i == row_iter else 1 for i in range(n_iters)])
         return [b for b in sch.get_producers(main_rv) if sch.get(b).name_hint not in old]
+
+
+# A one-row GEMV reads each weight once, straight from DRAM, ``cols`` rows at a time. The hardware
+# prefetcher follows those short row streams poorly: cold (weights 10x the L3), fp16 rows of 768
+# read at 16-18 GB/s against the 34 GB/s a plain sequential read gets. Prefetching, line by
+# line as the k loop advances, the row tile PREFETCH_TILES ahead (contiguous: rows are) into L2
+# lifts them to ~29 GB/s, and fp32's 24-32 to ~30 (tools/bench_matmul.py); into L1
+# (prefetcht0) gains less (fp16 25), and a non-temporal one is 2.5x slower.
+PREFETCH_TILES = 2
+PREFETCH_LOCALITY = 2  # llvm.prefetch locality: 2 = prefetcht1 (L2)
+LINE_BYTES = 64
+
+
+def _weight_buffer(block) -> tirx.Buffer | None:
+    """The float W[n, k] the reduction block reads (None for anything else)."""
+    for read in block.reads:
+        buf = read.source
+        if len(buf.shape) == 2 and "float" in buf.dtype and len(read.region) == 2:
+            idx0 = read.region[0].min
+            if not isinstance(idx0, tirx.IntImm) and all(_const(d) is not None for d in buf.shape):
+                return buf
+    return None
+
+
+def _with_prefetch(sch: s_tir.Schedule, w: tirx.Buffer | None, ko_var, col_oi_var, par_var, per_task: int,
+                   tile: Tile) -> s_tir.Schedule:
+    """The scheduled GEMV with, at the top of each k step, prefetches of the lines of the row tile
+    ``PREFETCH_TILES`` ahead that this step's position corresponds to (0: none)."""
+    if w is None or PREFETCH_TILES == 0:
+        return sch
+    n, k = (int(d) for d in w.shape)
+    eb = {"float16": 2, "bfloat16": 2, "float32": 4}.get(str(w.dtype))
+    if eb is None:
+        return sch
+    step_bytes = tile.cols * tile.lanes * eb
+    if step_bytes % LINE_BYTES:
+        return sch
+    per_line = LINE_BYTES // eb
+    tile_elems = tile.cols * k
+    last = n * k - 1
+    i64 = "int64"
+
+    def prefetch_lines():
+        tile_idx = tirx.Cast(i64, par_var) * per_task + tirx.Cast(i64, col_oi_var) + PREFETCH_TILES
+        stmts = []
+        for j in range(step_bytes // LINE_BYTES):
+            flat = tile_idx * tile_elems + tirx.Cast(i64, ko_var) * (tile.cols * tile.lanes) + j * per_line
+            flat = tirx.min(flat, tirx.IntImm(i64, last))
+            addr = tirx.address_of(tirx.BufferLoad(w, [tirx.floordiv(flat, k), tirx.floormod(flat, k)]))
+            stmts.append(tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, tirx.IntImm("int32", 0),
+                                                             tirx.IntImm("int32", PREFETCH_LOCALITY),
+                                                             tirx.IntImm("int32", 1))))
+        return stmts
+
+    func = sch.mod["main"]
+    return s_tir.Schedule(func.with_body(_at_top_of_loop(func.body, ko_var, prefetch_lines)))
+
+
+def _at_top_of_loop(stmt, loop_var, make):
+    """``stmt`` with ``make()``'s statements put first in the body of the loop over ``loop_var``
+    (this TVM exposes no Python IR mutator; only the nodes on the way to it are rebuilt)."""
+    if isinstance(stmt, tirx.For):
+        body = (tirx.SeqStmt([*make(), stmt.body]) if stmt.loop_var.same_as(loop_var)
+                else _at_top_of_loop(stmt.body, loop_var, make))
+        if body.same_as(stmt.body):
+            return stmt
+        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
+                        stmt.annotations, stmt.step)
+    if isinstance(stmt, tirx.SeqStmt):
+        seq = [_at_top_of_loop(s, loop_var, make) for s in stmt.seq]
+        return stmt if all(a.same_as(b) for a, b in zip(seq, stmt.seq)) else tirx.SeqStmt(seq)
+    if isinstance(stmt, s_tir.SBlockRealize):
+        block = _at_top_of_loop(stmt.block, loop_var, make)
+        return stmt if block.same_as(stmt.block) else s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, block)
+    if isinstance(stmt, s_tir.SBlock):
+        body = _at_top_of_loop(stmt.body, loop_var, make)
+        if body.same_as(stmt.body):
+            return stmt
+        return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
+                            stmt.alloc_buffers, stmt.match_buffers, stmt.annotations)
+    return stmt
 
 
 def _dequantize_producer(sch: s_tir.Schedule, main_rv):
