@@ -31,7 +31,8 @@ from rwkv_relax.targets.cpu import cpu_pipeline, host_cpu
 
 SHAPES = [(768, 768), (768, 2688), (2688, 768), (768, 65536)]  # (K, N) of RWKV-5 0.1B
 ROWS = [1, 512]
-COLD_BYTES = 384 << 20  # 12x the L3: at 3x, the L3's thrash-resistant replacement kept enough of it to flatter M = 1 by ~30%
+# 12x the L3: at 3x, the L3's thrash-resistant replacement kept enough to flatter M = 1 by ~30%
+COLD_BYTES = 384 << 20
 RTOL = 1e-4
 SLOW_FLOP = 1e10  # the unscheduled baselines run at ~1 GFLOP/s: skip bigger ones unless --all
 
