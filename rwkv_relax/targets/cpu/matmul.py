@@ -78,7 +78,10 @@ def choose_tile(m: int | None, n: int, k: int, target: Target) -> Tile | None:
     if m == 1:
         # GEMV: bandwidth bound; 8 weight rows share each x load and give 8 independent FMA chains
         return Tile(1, _largest_divisor(n, 8), lanes)
-    # GEMM: rows*cols accumulators + cols (or rows) live loads; 4x3 on 16 registers, 4x6 on 32
+    # GEMM: rows*cols accumulators + cols (or rows) live loads; 4x3 on 16 registers, 4x6 on 32.
+    # (The 4x6 accumulators, 1.5 KiB, exceed TVM's 1 KiB stack-array bound and live in a workspace
+    # that every FMA stores to. Tiles under it ("global" scope) doubled isolated 512-row GEMMs,
+    # yet cost whole RWKV-5/7 prefills 7-11% in an interleaved A/B: not taken.)
     rows = 4 if m is None or m >= 4 else m
     cols = _largest_divisor(n, (n_regs - 4) // rows)
     return Tile(rows, cols, lanes)
