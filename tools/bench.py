@@ -9,8 +9,10 @@ TVM kernel on the model's own thread pool reads a 256 MiB buffer). STREAM copy b
 write counted) is printed too, with the share of the ceiling it would give. ``--modes`` times
 several quantization modes; they are timed in interleaved rounds (with the bandwidth probes) and
 each keeps its best tok/s, so a slow minute on a shared machine does not land on one mode; the
-share of the ceiling pairs each round's decode with that round's probes. Benchmarks, not tests:
-numbers vary run to run.
+share of the ceiling pairs each round's decode with that round's probes. CPU peers built outside
+the repo time in the same rounds: llama.cpp (``--llama-cpp``, RWKV-7; tools/llama_cpp_peer.py) and
+rwkv.cpp (``--rwkv-cpp DIR``, v4 to v7; tools/rwkv_cpp_peer.py), each type against our matching mode.
+Benchmarks, not tests: numbers vary run to run.
 """
 from __future__ import annotations
 
@@ -186,6 +188,12 @@ def main(argv=None) -> int:
     p.add_argument("--llama-cpp-convert", default=None, metavar="PATH",
                    help="llama.cpp's convert_hf_to_gguf.py (vendor/llama.cpp/ in the llama-cpp-python sdist)")
     p.add_argument("--llama-cpp-types", default="f32,f16,q8_0", help="GGUF types to time")
+    p.add_argument("--rwkv-cpp", default=None, metavar="DIR",
+                   help="RWKV v4-v7: also time rwkv.cpp built in DIR (its Python wrapper is DIR/src/python, which "
+                        "finds the library; run with python3; see tools/rwkv_cpp_peer.py)")
+    p.add_argument("--rwkv-cpp-types", default="FP32,FP16,Q8_0,Q4_0",
+                   help="rwkv.cpp types to time (quantized ones made from FP16); paired with our "
+                        "q0f32, q0f16, q8f16_1, q4f16_1")
     p.add_argument("--ffn-sparsity", type=float, default=None, metavar="P",
                    help="shift the random checkpoint's ffn.key rows so that a fraction P (>= 0.5) of channel-mix "
                         "hidden units is zero on typical inputs (tools/ffn_sparsity.py); prints the measured "
@@ -219,6 +227,11 @@ def main(argv=None) -> int:
         ckpt = write_checkpoint(tensors, work / "model.pth")
     prompt = rng.integers(0, args.vocab, args.prefill).tolist()
     zeros = ffn_sparsity.zero_fractions(ckpt, prompt[:64])
+    rwkv_files = {}
+    if args.rwkv_cpp:  # before the builds: an unsupported version or a bad DIR stops here
+        import rwkv_cpp_peer
+        rwkv_files = rwkv_cpp_peer.convert(ckpt, work / "rwkv_cpp", Path(args.rwkv_cpp),
+                                           args.rwkv_cpp_types.split(","))
     models, build_s = {}, {}
     for mode in args.modes.split(","):
         # --ab-dense: "mode" is the sparse hidden-major value, "mode/dense" the dense one
@@ -249,6 +262,8 @@ def main(argv=None) -> int:
                                        args.llama_cpp_types.split(","))
         peer = llama_cpp_peer.Peer(args.llama_cpp, threads=use_all_cpus())
     peer_best = {t: [0.0, 0.0] for t in ggufs}
+    rwkv_peer = rwkv_cpp_peer.Peer("python3", args.rwkv_cpp, threads=use_all_cpus()) if rwkv_files else None
+    rwkv_best = {t: [0.0, 0.0] for t in rwkv_files}
     for mode, model in models.items():
         params = {p["name"]: (p["shape"], p["dtype"]) for p in model.metadata["params"]}
         bytes_per_step[mode] = decode_weight_bytes(params, zeros)
@@ -266,11 +281,15 @@ def main(argv=None) -> int:
         for kind, gguf in ggufs.items():  # llama.cpp in the same rounds, on the same prompt
             pre, dec = peer.round(gguf, prompt, rng.integers(1, args.vocab, args.decode_steps).tolist())
             peer_best[kind] = [max(peer_best[kind][0], dec), max(peer_best[kind][1], pre)]
+        for kind, path in rwkv_files.items():  # rwkv.cpp likewise
+            pre, dec = rwkv_peer.round(path, prompt, rng.integers(0, args.vocab, args.decode_steps).tolist())
+            rwkv_best[kind] = [max(rwkv_best[kind][0], dec), max(rwkv_best[kind][1], pre)]
     rows = []
     for mode in models:
         rows.append((f"ours (llvm {mode})", *best[mode], bytes_per_step[mode], np.median(shares[mode], axis=0)))
-    if peer is not None:
-        peer.close()
+    for server in (peer, rwkv_peer):
+        if server is not None:
+            server.close()
     float_params = {p["name"]: (p["shape"], p["dtype"]) for p in export(resolve_model(str(ckpt)), "q0f32")[1]["params"]}
     flops = prefill_flops_per_token(float_params)
     models = states = None
@@ -327,6 +346,17 @@ def main(argv=None) -> int:
             if ours:
                 line += (f"; ours {pairs[kind]} / llama.cpp {kind}: decode {ours[1] / dec:.2f}x, prefill "
                          f"{ours[2] / pre:.2f}x ({100 * ours[2] * flops / peak:.0f}% FMA peak)")
+            print(line)
+    if rwkv_files:
+        print(f"rwkv.cpp ({use_all_cpus()} threads), best round; prefill: one eval_sequence_in_chunks call "
+              f"over the {args.prefill}-token prompt (chunk = prompt), decode: one eval call per token")
+        pairs = {"FP32": "q0f32", "FP16": "q0f16", "Q8_0": "q8f16_1", "Q4_0": "q4f16_1"}
+        for kind, (dec, pre) in rwkv_best.items():
+            ours = by_name.get(f"ours (llvm {pairs.get(kind, '')})")
+            line = f"rwkv.cpp {kind:5s} decode {dec:7.2f} tok/s, prefill {pre:7.1f} tok/s"
+            if ours:
+                line += (f"; ours {pairs[kind]} / rwkv.cpp {kind}: decode {ours[1] / dec:.2f}x, "
+                         f"prefill {ours[2] / pre:.2f}x")
             print(line)
     if args.tokenizer:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
