@@ -268,3 +268,46 @@ def test_other_functions_are_left_alone():
 if __name__ == "__main__":  # test_matches_numpy_on_two_threads
     print(f"threads={tvm.get_global_func('runtime.NumThreads')()}")
     _check_numerics(int(sys.argv[1]), int(sys.argv[2]), np.random.default_rng(0))
+
+
+# ---- injective and row-wise kernels (rwkv_relax/targets/cpu/elementwise.py) -------------------
+class _Rowwise(nn.Module):
+    """A token-shift mix (three elementwise ops FuseOps fuses into one kernel) and a LayerNorm."""
+
+    def __init__(self, C: int):
+        self.mix = nn.Parameter((C,), "float32")
+        self.w = nn.Parameter((C,), "float32")
+        self.b = nn.Parameter((C,), "float32")
+
+    def forward(self, x: nn.Tensor, sx: nn.Tensor):
+        xm = x + (sx - x) * self.mix
+        return xm, op.layer_norm(x, x.shape[-1], self.w, self.b, eps=1e-5)
+
+    rows1 = rowsT = forward
+
+
+def test_injective_and_rowwise_kernels_run_parallel_and_exact(rng):
+    """Prefill-sized (symbolic T) elementwise and LayerNorm kernels get a parallel row loop and a
+    vectorised last axis; one-token ones stay serial; results equal numpy's."""
+    C = 256
+    mod, _ = _Rowwise(C).export_tvm({name: {"x": spec.Tensor((m, C), "float32"), "sx": spec.Tensor((m, C), "float32")}
+                                     for name, m in (("rows1", 1), ("rowsT", "T"))})
+    with TARGET:
+        scheduled = cpu_pipeline(TARGET)(mod)
+    scripts = {gv.name_hint: f.script() for gv, f in scheduled.functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint != "shape_func"}
+    symbolic = [n for n, text in scripts.items() if "TypeVar(" in text]  # a symbolic row count T
+    static = [n for n in scripts if n not in symbolic]
+    assert len(symbolic) == len(static) == 2, sorted(scripts)
+    assert all("T.parallel" in scripts[n] for n in symbolic)
+    assert not any("T.parallel" in scripts[n] for n in static)
+    assert all("T.vectorized" in scripts[n] for n in symbolic + static if "layer_norm" not in n)
+    with TARGET:
+        vm = relax.VirtualMachine(tvm.compile(mod, TARGET, relax_pipeline=cpu_pipeline(TARGET)), tvm.cpu())
+    mix, w, b = (rng.standard_normal(C).astype(np.float32) for _ in range(3))
+    for name, m in (("rows1", 1), ("rowsT", 1), ("rowsT", 300)):
+        x, sx = (rng.standard_normal((m, C)).astype(np.float32) for _ in range(2))
+        xm, ln = vm[name](tvm.runtime.tensor(x), tvm.runtime.tensor(sx), *(tvm.runtime.tensor(a) for a in (mix, w, b)))
+        np.testing.assert_allclose(xm.numpy(), x + (sx - x) * mix, rtol=1e-6, atol=1e-6)
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        np.testing.assert_allclose(ln.numpy(), (x - mu) / np.sqrt(var + 1e-5) * w + b, rtol=1e-4, atol=1e-4)

@@ -40,6 +40,7 @@ def cpu_pipeline(target, tile=None):
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from tvm.target import Target
 
+    from .elementwise import schedule_injective
     from .matmul import schedule_matmuls
     target = Target(target) if not isinstance(target, Target) else target
 
@@ -50,7 +51,7 @@ def cpu_pipeline(target, tile=None):
                 [retarget_for_cpu_features(target), relax.transform.FuseTransposeMatmul()]
                 + cpu_generic.library_dispatch_passes(target)
                 + cpu_generic.legalize_passes(target)  # Legalize, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR
-                + [schedule_matmuls(tile)]
+                + [schedule_matmuls(tile), schedule_injective()]
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target))
             return seq(mod)
