@@ -167,6 +167,22 @@ def fma_peak() -> float:
     return 2 * n_threads * chains * lanes * iters / timed(lambda: fn(x, o), 1)
 
 
+LLAMA_PAIRS = {"f32": "q0f32", "f16": "q0f16", "q8_0": "q8f16_1", "q4_0": "q4f16_1"}  # peer type: our mode
+RWKV_CPP_PAIRS = {"FP32": "q0f32", "FP16": "q0f16", "Q8_0": "q8f16_1", "Q4_0": "q4f16_1"}
+
+
+def print_peer(name: str, peer_best: dict, pairs: dict, by_name: dict, prefill_note) -> None:
+    """One line per peer type: its best decode / prefill and our matching mode's ratios;
+    ``prefill_note(tok_s)`` appends to each prefill figure (llama.cpp: the share of the FMA peak)."""
+    for kind, (dec, pre) in peer_best.items():
+        ours = by_name.get(f"ours (llvm {pairs.get(kind, '')})")
+        line = f"{name} {kind:5s} decode {dec:7.2f} tok/s, prefill {pre:7.1f} tok/s{prefill_note(pre)}"
+        if ours:
+            line += (f"; ours {pairs[kind]} / {name} {kind}: decode {ours[1] / dec:.2f}x, prefill "
+                     f"{ours[2] / pre:.2f}x{prefill_note(ours[2])}")
+        print(line)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from rwkv_relax.registry import VERSIONS
@@ -261,9 +277,10 @@ def main(argv=None) -> int:
         ggufs = llama_cpp_peer.convert(ckpt, work / "llama", args.llama_cpp, args.llama_cpp_convert,
                                        args.llama_cpp_types.split(","))
         peer = llama_cpp_peer.Peer(args.llama_cpp, threads=use_all_cpus())
-    peer_best = {t: [0.0, 0.0] for t in ggufs}
     rwkv_peer = rwkv_cpp_peer.Peer("python3", args.rwkv_cpp, threads=use_all_cpus()) if rwkv_files else None
-    rwkv_best = {t: [0.0, 0.0] for t in rwkv_files}
+    # (server, its files per type, best [decode, prefill] per type, lowest decode token id)
+    peers = {"llama.cpp": (peer, ggufs, {t: [0.0, 0.0] for t in ggufs}, 1),
+             "rwkv.cpp": (rwkv_peer, rwkv_files, {t: [0.0, 0.0] for t in rwkv_files}, 0)}
     for mode, model in models.items():
         params = {p["name"]: (p["shape"], p["dtype"]) for p in model.metadata["params"]}
         bytes_per_step[mode] = decode_weight_bytes(params, zeros)
@@ -278,16 +295,14 @@ def main(argv=None) -> int:
             prefill = args.prefill / timed(lambda: model.advance(model.new_state(), prompt), 1)
             best[mode] = [max(best[mode][0], decode), max(best[mode][1], prefill)]
             shares[mode].append(ceiling_shares(decode, bytes_per_step[mode], probes))
-        for kind, gguf in ggufs.items():  # llama.cpp in the same rounds, on the same prompt
-            pre, dec = peer.round(gguf, prompt, rng.integers(1, args.vocab, args.decode_steps).tolist())
-            peer_best[kind] = [max(peer_best[kind][0], dec), max(peer_best[kind][1], pre)]
-        for kind, path in rwkv_files.items():  # rwkv.cpp likewise
-            pre, dec = rwkv_peer.round(path, prompt, rng.integers(0, args.vocab, args.decode_steps).tolist())
-            rwkv_best[kind] = [max(rwkv_best[kind][0], dec), max(rwkv_best[kind][1], pre)]
+        for server, files, peer_best, low in peers.values():  # the peers in the same rounds, same prompt
+            for kind, path in files.items():
+                pre, dec = server.round(path, prompt, rng.integers(low, args.vocab, args.decode_steps).tolist())
+                peer_best[kind] = [max(peer_best[kind][0], dec), max(peer_best[kind][1], pre)]
     rows = []
     for mode in models:
         rows.append((f"ours (llvm {mode})", *best[mode], bytes_per_step[mode], np.median(shares[mode], axis=0)))
-    for server in (peer, rwkv_peer):
+    for server, *_ in peers.values():
         if server is not None:
             server.close()
     float_params = {p["name"]: (p["shape"], p["dtype"]) for p in export(resolve_model(str(ckpt)), "q0f32")[1]["params"]}
@@ -338,26 +353,12 @@ def main(argv=None) -> int:
         peak = fma_peak()
         print(f"llama.cpp (llama-cpp-python, {use_all_cpus()} threads), best round; FMA peak "
               f"{peak / 1e9:.0f} GFLOP/s (measured), prefill work {flops / 1e6:.0f} MFLOP/token (matmuls, no head)")
-        pairs = {"f32": "q0f32", "f16": "q0f16", "q8_0": "q8f16_1", "q4_0": "q4f16_1"}
-        for kind, (dec, pre) in peer_best.items():
-            ours = by_name.get(f"ours (llvm {pairs.get(kind, '')})")
-            line = (f"llama.cpp {kind:5s} decode {dec:7.2f} tok/s, prefill {pre:7.1f} tok/s "
-                    f"({100 * pre * flops / peak:.0f}% FMA peak)")
-            if ours:
-                line += (f"; ours {pairs[kind]} / llama.cpp {kind}: decode {ours[1] / dec:.2f}x, prefill "
-                         f"{ours[2] / pre:.2f}x ({100 * ours[2] * flops / peak:.0f}% FMA peak)")
-            print(line)
+        print_peer("llama.cpp", peers["llama.cpp"][2], LLAMA_PAIRS, by_name,
+                   lambda tok_s: f" ({100 * tok_s * flops / peak:.0f}% FMA peak)")
     if rwkv_files:
         print(f"rwkv.cpp ({use_all_cpus()} threads), best round; prefill: one eval_sequence_in_chunks call "
               f"over the {args.prefill}-token prompt (chunk = prompt), decode: one eval call per token")
-        pairs = {"FP32": "q0f32", "FP16": "q0f16", "Q8_0": "q8f16_1", "Q4_0": "q4f16_1"}
-        for kind, (dec, pre) in rwkv_best.items():
-            ours = by_name.get(f"ours (llvm {pairs.get(kind, '')})")
-            line = f"rwkv.cpp {kind:5s} decode {dec:7.2f} tok/s, prefill {pre:7.1f} tok/s"
-            if ours:
-                line += (f"; ours {pairs[kind]} / rwkv.cpp {kind}: decode {ours[1] / dec:.2f}x, "
-                         f"prefill {ours[2] / pre:.2f}x")
-            print(line)
+        print_peer("rwkv.cpp", peers["rwkv.cpp"][2], RWKV_CPP_PAIRS, by_name, lambda tok_s: "")
     if args.tokenizer:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import bench_tokenizer  # pylint: disable=import-outside-toplevel
