@@ -63,7 +63,6 @@ class InjectiveCPU(dl.ScheduleRule):
             sch.vectorize(vec)
         return sch
 
-
     @staticmethod
     def _rows(sch: s_tir.Schedule, infos) -> s_tir.Schedule | None:
         """Row-wise kernels (LayerNorm, GroupNorm, row sums: reductions over the last axes only,

@@ -249,8 +249,9 @@ class NTMatmulCPU(dl.ScheduleRule):
         else:
             sch.reorder(*outer, col_oo, col_oi, ko, col_i, ki)
             par = sch.fuse(*outer, col_oo) if outer else col_oo
-            prefetch = (_weight_buffer(sch.get(rf)), sch.get(ko).loop_var,
-                        sch.get(col_oi).loop_var, sch.get(par).loop_var, per_task)
+            if not outer:  # the parallel loop is the column-block index the prefetch address uses
+                prefetch = (_weight_buffer(sch.get(rf)), sch.get(ko).loop_var,
+                            sch.get(col_oi).loop_var, sch.get(par).loop_var, per_task)
         sch.parallel(par)
         sch.unroll(col_i)
         sch.vectorize(ki)
@@ -263,7 +264,7 @@ class NTMatmulCPU(dl.ScheduleRule):
             except RuntimeError:
                 break  # not tileable (reads other outputs): it and the rest stay whole-tensor loops
         sch.decompose_reduction(rf, ko)
-        if prefetch is not None and outer == []:
+        if prefetch is not None:
             return _with_prefetch(sch, *prefetch, tile)
         return sch
 
