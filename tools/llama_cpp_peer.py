@@ -65,18 +65,15 @@ class Peer:
     tok/s of one round (the model stays loaded between rounds)."""
 
     def __init__(self, python: str, threads: int):
-        self.proc = subprocess.Popen([python, __file__, str(threads)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+        from timing_server import TimingServer
+        self.server = TimingServer("llama.cpp", [python, __file__, str(threads)])
 
     def round(self, gguf: Path, prompt: list[int], decode: list[int]) -> tuple[float, float]:
-        self.proc.stdin.write(json.dumps({"gguf": str(gguf), "prompt": prompt, "decode": decode}) + "\n")
-        self.proc.stdin.flush()
-        reply = json.loads(self.proc.stdout.readline())
+        reply = self.server.request({"gguf": str(gguf), "prompt": prompt, "decode": decode})
         return reply["prefill_tok_s"], reply["decode_tok_s"]
 
     def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        self.server.close()
 
 
 def _serve(threads: int) -> None:

@@ -83,27 +83,18 @@ class Peer:
     tok/s of one round (each model stays loaded between rounds)."""
 
     def __init__(self, python: str = "python3", rwkv_cpp_dir: Path | str = "", threads: int = 1):
-        self.proc = subprocess.Popen([python, __file__, "serve", str(threads)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=_env(Path(rwkv_cpp_dir)))
+        from timing_server import TimingServer
+        self.server = TimingServer("rwkv.cpp", [python, __file__, "serve", str(threads)], env=_env(Path(rwkv_cpp_dir)))
 
     def round(self, model_path: Path, prompt: list[int], decode: list[int],
               chunk: int | None = None) -> tuple[float, float]:
         """``chunk``: prefill chunk size, default the prompt length (one sequence call)."""
-        self.proc.stdin.write(json.dumps({"model": str(model_path), "prompt": [int(t) for t in prompt],
-                                          "decode": [int(t) for t in decode], "chunk": chunk}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the rwkv.cpp timing server exited (code {self.proc.wait()}); see its stderr")
-        try:
-            reply = json.loads(line)
-        except json.JSONDecodeError:
-            raise RuntimeError(f"the rwkv.cpp timing server failed (code {self.proc.wait()}): {line[:500]}") from None
+        reply = self.server.request({"model": str(model_path), "prompt": [int(t) for t in prompt],
+                                     "decode": [int(t) for t in decode], "chunk": chunk})
         return reply["prefill_tok_s"], reply["decode_tok_s"]
 
     def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        self.server.close()
 
 
 def _convert(pth: str, work: str, types: str) -> None:
