@@ -9,6 +9,7 @@ LLVM IR (fp32 SIMD vectors and a parallel launch).
 """
 import functools
 import os
+import re
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op, spec
 
 from rwkv_relax.targets.cpu import cpu_pipeline
-from rwkv_relax.targets.cpu.matmul import NTMatmulCPU, schedule_matmuls, simd_lanes
+from rwkv_relax.targets.cpu.matmul import NTMatmulCPU, choose_tile, schedule_matmuls, simd_lanes
 from tir_kernels.quant_matmul import q_matmul_numpy, q_matmul_te
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": tvm.get_global_func("target.llvm_get_system_cpu")(),
@@ -235,6 +236,53 @@ def test_one_row_gemv_prefetches_the_row_tiles_ahead(dtype, rng):
     lib["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(wa), out)
     ref = xa.astype(np.float32) @ wa.astype(np.float32).T
     np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("K", [256, 64])
+def test_fp16_prefill_widens_x_and_w_once_and_sums_lanes_by_halving(K, rng):
+    """fp16 x and W, symbolic T: x is widened in its padded copy and (from K = 256) W once per
+    task into an fp32 block, so the FMA loop reads fp32 only (no conversion per load); the lane
+    sums are halving steps, vectorised. Numerics for T = 1, 5, 17 against fp32 sums of the fp16
+    values."""
+    N = 96
+    T = tvm.tirx.Var("T", "int64")
+    x = te.placeholder((T, K), "float16", name="x")
+    w = te.placeholder((N, K), "float16", name="w")
+    r = te.reduce_axis((0, K), name="k")
+    y = te.compute((T, N), lambda i, j: te.sum(x[i, r].astype("float32") * w[j, r].astype("float32"), axis=r),
+                   name="NT_matmul")
+    sch = NTMatmulCPU().apply(te.create_prim_func([x, w, y]), TARGET, False)
+    assert sch is not None
+    update = sch.get(sch.get_sblock("NT_matmul_rf_update"))
+    read_dtypes = sorted(str(rd.source.dtype) for rd in update.reads)  # accumulators, x, W
+    assert read_dtypes == (["float32"] * 3 if K >= 256 else ["float16", "float32", "float32"])
+    # the fp32 -> fp16 -> fp32 round trip unsafe_set_dtype puts on the widened reads is gone
+    assert update.body.value.script().count("T.Cast") == (0 if K >= 256 else 1)  # W converted in the loop
+    script = sch.mod["main"].script()
+    assert ('with T.sblock("w_global")' in script) == (K >= 256)
+    lanes = simd_lanes(TARGET)
+    for half in (lanes // 2, lanes // 4, 2):
+        assert re.search(rf"T\.vectorized\((T\.int64\()?{half}\)", script), half
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
+    wa = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float16)
+    for rows in (1, 5, 17):
+        xa = rng.standard_normal((rows, K)).astype(np.float16)
+        out = tvm.runtime.empty((rows, N), "float32", tvm.cpu())
+        lib["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(wa), out)
+        ref = xa.astype(np.float64) @ wa.astype(np.float64).T
+        np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_gemm_tile_fits_the_register_file():
+    """rows*cols accumulators + cols W + 1 x register fit: 4 x 6 with AVX-512 (N = 2688 once got
+    4 x 7 and spilled), 4 x 3 with AVX2; decode keeps 1 x 8."""
+    avx512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+    for n in (768, 2688, 3072):
+        assert (choose_tile(None, n, 768, avx512).rows, choose_tile(None, n, 768, avx512).cols) == (4, 6)
+        assert (choose_tile(512, n, 768, avx2).rows, choose_tile(512, n, 768, avx2).cols) == (4, 3)
+        assert choose_tile(1, n, 768, avx512).cols == 8
+    assert choose_tile(None, 64, 768, avx512).cols == 4  # the largest divisor under the bound
 
 
 def _uses_var(expr, var) -> bool:

@@ -6,10 +6,11 @@ that reduction runs one scalar multiply-add per element on one core (~3 GB/s of 
 rule below keeps the layout and instead
 
 * vectorises over k: ``k = ko * V + ki`` and ``rfactor(ki)``, so each output gets a V-lane fp32
-  accumulator (one SIMD register) updated by FMAs on contiguous x and W loads, and one
-  horizontal sum at the end;
+  accumulator (one SIMD register) updated by FMAs on contiguous x and W loads; for tiles of
+  several rows the lanes are then summed by halving (16 -> 8 -> 4 -> 2 -> 1, a vector add per
+  step; the lane-by-lane sum it replaced gathered strided lanes: whole prefills +3-5%);
 * tiles ``rows x cols`` outputs per register block (decode M = 1: 1 x 8 weight rows sharing each
-  x load; prefill: 4 x 3 on AVX2, 4 x 7 on AVX-512, so every load feeds several FMAs) and keeps
+  x load; prefill: 4 x 3 on AVX2, 4 x 6 on AVX-512, so every load feeds several FMAs) and keeps
   the accumulators in a ``local`` buffer that LLVM promotes to registers;
 * runs the tiles on all cores (``parallel`` over the fused row-tile x column-tile loop);
 * pads a symbolic (or ragged) token count up to the row tile with ``pad_einsum`` (a copy of x,
@@ -20,6 +21,9 @@ rule below keeps the layout and instead
   block computed once per task into an fp32 block of W rows (<= ``block_bytes``, L2-resident)
   that the task's token tiles then sweep, instead of unpacking every weight again per 4 tokens.
   (One-row decode never gets here: it calls the hand-written GEMV of tir_kernels/quant_matmul.)
+  fp16/bf16 W (K >= ``MIN_COPY_K``) gets the same treatment as a widening copy, and fp16 x is
+  widened in its padded copy, so the inner loop is fp32 loads and FMAs only: a conversion per
+  load (``vcvtph2ps``) competes with the FMAs for their ports (RWKV-7 0.1B q0f16 prefill +15%).
 
 Functions marked ``tirx.is_scheduled`` (the hand-written WKV kernels) and functions that are not
 such a matmul are left exactly as they are.
@@ -34,6 +38,7 @@ import dataclasses
 import math
 
 from tvm import s_tir, tirx
+from tvm.ir.expr import TensorLoad
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.target import Target, codegen
@@ -78,12 +83,14 @@ def choose_tile(m: int | None, n: int, k: int, target: Target) -> Tile | None:
     if m == 1:
         # GEMV: bandwidth bound; 8 weight rows share each x load and give 8 independent FMA chains
         return Tile(1, _largest_divisor(n, 8), lanes)
-    # GEMM: rows*cols accumulators + cols (or rows) live loads; 4x3 on 16 registers, 4x6 on 32.
-    # (The 4x6 accumulators, 1.5 KiB, exceed TVM's 1 KiB stack-array bound and live in a workspace
-    # that every FMA stores to. Tiles under it ("global" scope) doubled isolated 512-row GEMMs,
-    # yet cost whole RWKV-5/7 prefills 7-11% in an interleaved A/B: not taken.)
+    # GEMM: rows*cols accumulators + cols W registers + one x register must fit: 4x3 on 16
+    # registers, 4x6 on 32. (4x7, which the old bound n_regs - 4 allowed for N = 2688, spills: the
+    # RWKV-5 0.1B FFN key GEMM ran 1.36x slower than at 4x6.) The 4x6 accumulators (1.5 KiB)
+    # exceed TVM's 1 KiB stack-array bound and get a workspace, but LLVM keeps them in registers
+    # through the k loop of the model's kernels (checked in their assembly; some isolated
+    # bench_matmul builds store every FMA instead, which halves their GFLOP/s).
     rows = 4 if m is None or m >= 4 else m
-    cols = _largest_divisor(n, (n_regs - 4) // rows)
+    cols = _largest_divisor(n, (n_regs - 1) // (rows + 1))
     return Tile(rows, cols, lanes)
 
 
@@ -211,6 +218,16 @@ class NTMatmulCPU(dl.ScheduleRule):
         # per task into a fp32 scratch block of W rows that every row tile then reuses. Inlined,
         # it would unpack each weight again for every 4 tokens.
         deq = _dequantize_producer(sch, main_rv) if row_iter is not None else None
+        widened = set()  # fp32 copies of fp16 values, read back without a round trip (below)
+        if row_iter is not None:
+            for copy in copies:
+                if sch.get(copy).writes[0].source.dtype in ("float16", "bfloat16"):
+                    sch.unsafe_set_dtype(copy, 0, "float32")
+                    widened.add(sch.get(copy).writes[0].source.name)
+            if deq is None and k >= MIN_COPY_K:
+                deq = _fp32_weight_copy(sch, main_rv)
+                if deq is not None:
+                    widened.add(sch.get(deq).writes[0].source.name)
         keep = {sch.get(b).name_hint for b in [main_rv, *copies] + ([deq] if deq else [])}
         _inline_spatial(sch, keep)
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
@@ -225,10 +242,13 @@ class NTMatmulCPU(dl.ScheduleRule):
         ko, ki = sch.split(loops[pattern.k_iter], [None, tile.lanes])
         out_ndim = len(sch.get(main_rv).writes[0].region)
         rf = sch.rfactor(ki, factor_axis=out_ndim)  # accumulators (..m.., n, lane): lanes contiguous
+        tree = _halving_lane_sums(sch, main_rv, tile.lanes, out_ndim) if row_iter is not None else []
         *outer, col, ko, ki = sch.get_loops(rf)
         row = outer.pop() if row_iter is not None else None
         col_tiles = n // tile.cols
         per_task = _largest_divisor(col_tiles, max(1, self.block_bytes // (tile.cols * k * 4)))
+        if row is not None and deq is not None:
+            per_task = _largest_divisor(col_tiles, max(1, min(per_task, col_tiles // MIN_TASKS)))
         col_oo, col_oi, col_i = sch.split(col, [None, per_task, tile.cols])
         prefetch = None
         if row is not None and deq is not None:
@@ -257,6 +277,15 @@ class NTMatmulCPU(dl.ScheduleRule):
         sch.vectorize(ki)
         sch.set_scope(rf, 0, "local")
         # lane sums, the padded-output writeback and the epilogue run per task, on hot outputs
+        for blk in tree:
+            sch.reverse_compute_at(blk, col_oi)
+            lo, hi, r, c = sch.get_loops(blk)[-4:]
+            sch.reorder(r, c, hi, lo)
+            sch.unroll(r)
+            sch.unroll(c)
+            sch.unroll(hi)
+            sch.vectorize(lo)
+            sch.set_scope(blk, 0, "local")
         sch.reverse_compute_at(main_rv, col_oi)
         for blk in tail:
             try:
@@ -266,7 +295,7 @@ class NTMatmulCPU(dl.ScheduleRule):
         sch.decompose_reduction(rf, ko)
         if prefetch is not None:
             return _with_prefetch(sch, *prefetch, tile)
-        return sch
+        return _without_round_trips(sch, widened) if widened else sch
 
     @staticmethod
     def _pad_rows(sch: s_tir.Schedule, main_rv, row_iter: int, rows: int, n_iters: int) -> list:
@@ -277,6 +306,20 @@ class NTMatmulCPU(dl.ScheduleRule):
         old = {sch.get(b).name_hint for b in sch.get_producers(main_rv)}
         sch.pad_einsum(main_rv, [rows if i == row_iter else 1 for i in range(n_iters)])
         return [b for b in sch.get_producers(main_rv) if sch.get(b).name_hint not in old]
+
+
+def _halving_lane_sums(sch: s_tir.Schedule, main_rv, lanes: int, out_ndim: int) -> list:
+    """Split the lane sum ``out = sum(acc[.., 0:lanes])`` into halving steps, each an rfactor
+    block ``acc'[.., j] = acc[.., j] + acc[.., j + half]`` (returned, first step first; the caller
+    vectorises them over j)."""
+    blocks = []
+    while lanes > 2:
+        half = lanes // 2
+        lane = sch.get_loops(main_rv)[-1]
+        _, lo = sch.split(lane, [2, half])
+        blocks.append(sch.rfactor(lo, factor_axis=out_ndim))
+        lanes = half
+    return blocks
 
 
 # A one-row GEMV reads each weight once, straight from DRAM, ``cols`` rows at a time. The hardware
@@ -336,28 +379,80 @@ def _with_prefetch(sch: s_tir.Schedule, w: tirx.Buffer | None, ko_var, col_oi_va
 
 
 def _at_top_of_loop(stmt, loop_var, make):
-    """``stmt`` with ``make()``'s statements put first in the body of the loop over ``loop_var``
-    (this TVM exposes no Python IR mutator; only the nodes on the way to it are rebuilt)."""
+    """``stmt`` with ``make()``'s statements put first in the body of the loop over ``loop_var``."""
+    return _rewrite(stmt, on_loop=lambda loop, body: (tirx.SeqStmt([*make(), body])
+                                                      if loop.loop_var.same_as(loop_var) else body))
+
+
+def _rewrite(stmt, on_loop=None, on_block=None):
+    """``stmt`` with every loop body passed through ``on_loop(loop, body)`` and every block through
+    ``on_block(block)`` (this TVM exposes no Python IR mutator; only the nodes on the way to a
+    change are rebuilt)."""
     if isinstance(stmt, tirx.For):
-        body = (tirx.SeqStmt([*make(), stmt.body]) if stmt.loop_var.same_as(loop_var)
-                else _at_top_of_loop(stmt.body, loop_var, make))
+        body = _rewrite(stmt.body, on_loop, on_block)
+        body = on_loop(stmt, body) if on_loop else body
         if body.same_as(stmt.body):
             return stmt
         return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
                         stmt.annotations, stmt.step)
     if isinstance(stmt, tirx.SeqStmt):
-        seq = [_at_top_of_loop(s, loop_var, make) for s in stmt.seq]
+        seq = [_rewrite(s, on_loop, on_block) for s in stmt.seq]
         return stmt if all(a.same_as(b) for a, b in zip(seq, stmt.seq)) else tirx.SeqStmt(seq)
     if isinstance(stmt, s_tir.SBlockRealize):
-        block = _at_top_of_loop(stmt.block, loop_var, make)
+        block = _rewrite(stmt.block, on_loop, on_block)
         return stmt if block.same_as(stmt.block) else s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, block)
     if isinstance(stmt, s_tir.SBlock):
-        body = _at_top_of_loop(stmt.body, loop_var, make)
-        if body.same_as(stmt.body):
-            return stmt
-        return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
-                            stmt.alloc_buffers, stmt.match_buffers, stmt.annotations)
+        body = _rewrite(stmt.body, on_loop, on_block)
+        if not body.same_as(stmt.body):
+            stmt = s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
+                                stmt.alloc_buffers, stmt.match_buffers, stmt.annotations)
+        return on_block(stmt) if on_block else stmt
     return stmt
+
+
+def _without_round_trips(sch: s_tir.Schedule, names: set) -> s_tir.Schedule:
+    """``unsafe_set_dtype`` keeps a widened copy exact by reading it back as
+    ``float32(float16(copy[i]))``; the copies named in ``names`` were widened from fp16 values,
+    so that round trip is the identity: drop it from the reduction's update."""
+
+    def strip(e):
+        if (isinstance(e, tirx.Cast) and isinstance(e.value, tirx.Cast) and isinstance(e.value.value, TensorLoad)
+                and e.value.value.source.name in names and str(e.ty) == str(e.value.value.source.dtype)):
+            return e.value.value
+        for op in (tirx.Add, tirx.Mul):
+            if isinstance(e, op):
+                return op(strip(e.a), strip(e.b))
+        return e
+
+    def on_block(block):
+        store = block.body
+        if not (block.name_hint.endswith("_rf_update") and isinstance(store, tirx.BufferStore)):
+            return block
+        store = tirx.BufferStore(store.buffer, strip(store.value), store.indices)
+        return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, store, block.init,
+                            block.alloc_buffers, block.match_buffers, block.annotations)
+
+    func = sch.mod["main"]
+    return s_tir.Schedule(func.with_body(_rewrite(func.body, on_block=on_block)))
+
+
+# The widened or dequantized W block is the only parallel axis of its matmul: keep at least
+# MIN_TASKS blocks (a 64-wide LoRA factor fits one 256 KiB block: one core). Below MIN_COPY_K the
+# per-task copy costs more than converting in the loop (RWKV-7's LoRA up-projections, K = 64).
+MIN_TASKS = 16
+MIN_COPY_K = 256
+
+
+def _fp32_weight_copy(sch: s_tir.Schedule, main_rv):
+    """An fp32 copy of the fp16/bf16 W the reduction reads (a producer block, or None)."""
+    block = sch.get(main_rv)
+    w = _weight_buffer(block)
+    if w is None or w.dtype not in ("float16", "bfloat16"):
+        return None
+    idx = next(i for i, r in enumerate(block.reads) if r.source.same_as(w))
+    copy = sch.cache_read(main_rv, idx, "global")
+    sch.unsafe_set_dtype(copy, 0, "float32")
+    return copy
 
 
 def _dequantize_producer(sch: s_tir.Schedule, main_rv):
