@@ -238,16 +238,16 @@ def test_one_row_gemv_prefetches_the_row_tiles_ahead(dtype, rng):
     np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("K", [256, 64])
-def test_fp16_prefill_widens_x_and_w_once_and_sums_lanes_by_halving(K, rng):
-    """fp16 x and W, symbolic T: x is widened in its padded copy and (from K = 256) W once per
-    task into an fp32 block, so the FMA loop reads fp32 only (no conversion per load); the lane
-    sums are halving steps, vectorised. Numerics for T = 1, 5, 17 against fp32 sums of the fp16
-    values."""
+@pytest.mark.parametrize("dtype,K", [("float16", 256), ("float16", 64), ("float32", 256)])
+def test_prefill_copies_w_once_per_task_packed_and_sums_lanes_by_halving(dtype, K, rng):
+    """Float x and W, symbolic T: fp16 x is widened in its padded copy and (from K = 256) W is
+    copied once per task into an fp32 block packed by register tile, so the FMA loop reads fp32
+    only (no conversion per load); the lane sums are halving steps, vectorised. Numerics for
+    T = 1, 5, 17 against float64 sums of the same values."""
     N = 96
     T = tvm.tirx.Var("T", "int64")
-    x = te.placeholder((T, K), "float16", name="x")
-    w = te.placeholder((N, K), "float16", name="w")
+    x = te.placeholder((T, K), dtype, name="x")
+    w = te.placeholder((N, K), dtype, name="w")
     r = te.reduce_axis((0, K), name="k")
     y = te.compute((T, N), lambda i, j: te.sum(x[i, r].astype("float32") * w[j, r].astype("float32"), axis=r),
                    name="NT_matmul")
@@ -255,18 +255,21 @@ def test_fp16_prefill_widens_x_and_w_once_and_sums_lanes_by_halving(K, rng):
     assert sch is not None
     update = sch.get(sch.get_sblock("NT_matmul_rf_update"))
     read_dtypes = sorted(str(rd.source.dtype) for rd in update.reads)  # accumulators, x, W
-    assert read_dtypes == (["float32"] * 3 if K >= 256 else ["float16", "float32", "float32"])
+    assert read_dtypes == (["float32"] * 3 if K >= 256 or dtype == "float32" else ["float16", "float32", "float32"])
     # the fp32 -> fp16 -> fp32 round trip unsafe_set_dtype puts on the widened reads is gone
-    assert update.body.value.script().count("T.Cast") == (0 if K >= 256 else 1)  # W converted in the loop
+    assert update.body.value.script().count("T.Cast") == (1 if K < 256 and dtype == "float16" else 0)
     script = sch.mod["main"].script()
     assert ('with T.sblock("w_global")' in script) == (K >= 256)
+    if K >= 256:  # W packed (N / cols, K / lanes, cols, lanes)
+        w_copy = next(rd.source for rd in update.reads if rd.source.name == "w_global")
+        assert len(w_copy.shape) == 4 and int(w_copy.shape[-1]) == simd_lanes(TARGET)
     lanes = simd_lanes(TARGET)
     for half in (lanes // 2, lanes // 4, 2):
         assert re.search(rf"T\.vectorized\((T\.int64\()?{half}\)", script), half
     lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
-    wa = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float16)
+    wa = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(dtype)
     for rows in (1, 5, 17):
-        xa = rng.standard_normal((rows, K)).astype(np.float16)
+        xa = rng.standard_normal((rows, K)).astype(dtype)
         out = tvm.runtime.empty((rows, N), "float32", tvm.cpu())
         lib["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(wa), out)
         ref = xa.astype(np.float64) @ wa.astype(np.float64).T

@@ -32,14 +32,16 @@ def retarget_for_cpu_features(target):
 
 
 def cpu_pipeline(target, tile=None):
-    """``relax.get_default_pipeline(llvm)`` with our kernels' instruction-set forms, and
+    """``relax.get_default_pipeline(llvm)`` with our kernels' instruction-set forms,
     FuseTransposeMatmul in front of legalization (``x @ W.T`` becomes one NT_matmul, not a
-    transpose kernel plus a matmul) and the matmul schedule after FuseTIR."""
+    transpose kernel plus a matmul), vectorisable transcendentals (``fast_math``), and the matmul
+    and elementwise schedules after FuseTIR."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from tvm.target import Target
 
+    from . import fast_math
     from .elementwise import schedule_injective
     from .matmul import schedule_matmuls
     target = Target(target) if not isinstance(target, Target) else target
@@ -50,8 +52,11 @@ def cpu_pipeline(target, tile=None):
             seq = tvm.transform.Sequential(
                 [retarget_for_cpu_features(target), relax.transform.FuseTransposeMatmul()]
                 + cpu_generic.library_dispatch_passes(target)
+                # exp/sigmoid/tanh/silu as arithmetic that vectorises (the default is scalar expf calls)
+                + [relax.transform.LegalizeOps(customize_legalize_map=fast_math.legalize_map())]
                 + cpu_generic.legalize_passes(target)  # Legalize, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR
-                + [schedule_matmuls(tile), schedule_injective()]
+                + [schedule_matmuls(tile), schedule_injective(),
+                   tvm.tirx.transform.ConvertSSA()]  # inlining may have copied a Let (fast_math)
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target))
             return seq(mod)

@@ -15,15 +15,17 @@ rule below keeps the layout and instead
 * runs the tiles on all cores (``parallel`` over the fused row-tile x column-tile loop);
 * pads a symbolic (or ragged) token count up to the row tile with ``pad_einsum`` (a copy of x,
   O(M*K)) instead of a predicate: a ``row < M`` test inside the k loop costs 5x;
-* computes the fused elementwise epilogue (sigmoid, relu^2, residual add, casts) per tile, while
-  the outputs are hot, and inlines injective prologues (token-shift mix) into the x loads;
+* computes the fused elementwise epilogue (sigmoid, relu^2, residual add, casts) per tile (GEMV)
+  or per task (GEMM: all its column tiles, vectorised), while the outputs are hot, and inlines
+  injective prologues (token-shift mix) into the x loads;
 * for a group-quantized W with more than one row (prefill, batches), keeps the dequantize as a
   block computed once per task into an fp32 block of W rows (<= ``block_bytes``, L2-resident)
   that the task's token tiles then sweep, instead of unpacking every weight again per 4 tokens.
   (One-row decode never gets here: it calls the hand-written GEMV of tir_kernels/quant_matmul.)
-  fp16/bf16 W (K >= ``MIN_COPY_K``) gets the same treatment as a widening copy, and fp16 x is
-  widened in its padded copy, so the inner loop is fp32 loads and FMAs only: a conversion per
+  A float W (K >= ``MIN_COPY_K``) gets the same treatment as a copy, widened to fp32, and fp16 x
+  is widened in its padded copy, so the inner loop is fp32 loads and FMAs only: a conversion per
   load (``vcvtph2ps``) competes with the FMAs for their ports (RWKV-7 0.1B q0f16 prefill +15%).
+  The block is stored packed by register tile (the ``cols`` W vectors of one k step adjacent).
 
 Functions marked ``tirx.is_scheduled`` (the hand-written WKV kernels) and functions that are not
 such a matmul are left exactly as they are.
@@ -226,7 +228,7 @@ class NTMatmulCPU(dl.ScheduleRule):
                     widened.add(sch.get(copy).writes[0].source.name)
             if deq is None and k >= MIN_COPY_K:
                 deq = _fp32_weight_copy(sch, main_rv)
-                if deq is not None:
+                if deq is not None and sch.get(deq).reads[0].source.dtype != "float32":
                     widened.add(sch.get(deq).writes[0].source.name)
         keep = {sch.get(b).name_hint for b in [main_rv, *copies] + ([deq] if deq else [])}
         _inline_spatial(sch, keep)
@@ -261,6 +263,10 @@ class NTMatmulCPU(dl.ScheduleRule):
             *_, deq_k = sch.get_loops(deq)
             if k % tile.lanes == 0:
                 sch.vectorize(sch.split(deq_k, [None, tile.lanes])[1])
+            # packed by register tile: the tile's W vectors of one k step are adjacent, so the
+            # FMA loop reads one stream instead of `cols` rows (RWKV-7 q0f32 prefill +3.6%)
+            c, ln = tile.cols, tile.lanes
+            sch.transform_layout(deq, ("write", 0), lambda n_, k_: (n_ // c, k_ // ln, n_ % c, k_ % ln))
         elif row is not None:
             row_o, row_i = sch.split(row, [None, rows])
             sch.reorder(*outer, col_oo, row_o, col_oi, ko, row_i, col_i, ki)
@@ -287,11 +293,19 @@ class NTMatmulCPU(dl.ScheduleRule):
             sch.vectorize(lo)
             sch.set_scope(blk, 0, "local")
         sch.reverse_compute_at(main_rv, col_oi)
+        # a GEMM's epilogue runs per task, over rows x (per_task * cols) outputs, so that its last
+        # axis vectorises (fast_math's exp and sigmoid are 16 lanes at a time, not 24 scalars)
+        tail_at = par if row is not None else col_oi
         for blk in tail:
             try:
-                sch.reverse_compute_at(blk, col_oi)
+                sch.reverse_compute_at(blk, tail_at)
             except RuntimeError:
                 break  # not tileable (reads other outputs): it and the rest stay whole-tensor loops
+            if tail_at.same_as(par):
+                inner = sch.get_loops(blk)[-1]
+                ext = _const(sch.get(inner).extent)
+                if ext is not None and ext % tile.lanes == 0:
+                    sch.vectorize(sch.split(inner, [None, tile.lanes])[1])
         sch.decompose_reduction(rf, ko)
         if prefetch is not None:
             return _with_prefetch(sch, *prefetch, tile)
@@ -436,22 +450,23 @@ def _without_round_trips(sch: s_tir.Schedule, names: set) -> s_tir.Schedule:
     return s_tir.Schedule(func.with_body(_rewrite(func.body, on_block=on_block)))
 
 
-# The widened or dequantized W block is the only parallel axis of its matmul: keep at least
+# The copied or dequantized W block is the only parallel axis of its matmul: keep at least
 # MIN_TASKS blocks (a 64-wide LoRA factor fits one 256 KiB block: one core). Below MIN_COPY_K the
-# per-task copy costs more than converting in the loop (RWKV-7's LoRA up-projections, K = 64).
+# per-task copy costs more than it saves (RWKV-7's LoRA up-projections, K = 64).
 MIN_TASKS = 16
 MIN_COPY_K = 256
 
 
 def _fp32_weight_copy(sch: s_tir.Schedule, main_rv):
-    """An fp32 copy of the fp16/bf16 W the reduction reads (a producer block, or None)."""
+    """An fp32 copy of the float W the reduction reads (a producer block, or None)."""
     block = sch.get(main_rv)
     w = _weight_buffer(block)
-    if w is None or w.dtype not in ("float16", "bfloat16"):
+    if w is None or w.dtype not in ("float16", "bfloat16", "float32"):
         return None
     idx = next(i for i, r in enumerate(block.reads) if r.source.same_as(w))
     copy = sch.cache_read(main_rv, idx, "global")
-    sch.unsafe_set_dtype(copy, 0, "float32")
+    if w.dtype != "float32":
+        sch.unsafe_set_dtype(copy, 0, "float32")
     return copy
 
 
