@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import tvm
+from kernel_harness import LLVM, compile_func, run
 from tvm import relax, te
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op, spec
@@ -16,7 +17,7 @@ from tvm.relax.frontend.nn import op, spec
 from rwkv_relax.targets.cpu import cpu_pipeline
 from rwkv_relax.targets.cpu.fast_math import X_MAX, X_MIN, exp_f32, exp_numpy, sigmoid_f32, silu_f32, tanh_f32
 
-TARGET = tvm.target.Target({"kind": "llvm", "mcpu": tvm.get_global_func("target.llvm_get_system_cpu")()})
+TARGET = tvm.target.Target(LLVM)
 FLT_MIN = 1.1754943508222875e-38
 
 
@@ -34,12 +35,11 @@ def _run(fn, x):
     sch = tvm.s_tir.Schedule(te.create_prim_func([a, y]))
     (loop,) = sch.get_loops(sch.get_sblock("y"))
     sch.vectorize(sch.split(loop, [None, 16])[1])
-    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
+    lib = compile_func(sch.mod["main"], LLVM, "main")
     ll = lib.mod.inspect_source("ll")
     assert re.search(r"<\d+ x float>", ll) and "expf" not in ll and "tanhf" not in ll
-    out = tvm.runtime.empty(x.shape, "float32", tvm.cpu())
-    lib["main"](tvm.runtime.tensor(x), out)
-    return out.numpy()
+    (out,) = run(lib, "main", [x], [x.shape])
+    return out
 
 
 REFERENCES = {

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 import tvm
+from kernel_harness import compile_func
 from tvm import relax, te
 from tvm.relax.backend.cpu_generic.pipeline import legalize_passes
 from tvm.relax.frontend import nn
@@ -155,7 +156,7 @@ def test_prologue_in_the_same_primfunc_is_inlined(rng):
     sch = NTMatmulCPU().apply(func, TARGET, False)
     assert sch is not None
     assert "mix" not in [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
+    lib = compile_func(sch.mod["main"], TARGET, "main")
     a = [rng.standard_normal(s).astype(np.float32) for s in ((M, K), (M, K), (K,), (N, K))]
     out = tvm.runtime.empty((M, N), "float32", tvm.cpu())
     lib["main"](*(tvm.runtime.tensor(v) for v in a), out)
@@ -176,7 +177,7 @@ def test_weight_prologue_with_symbolic_rows(rng):
     y = te.compute((T, N), lambda t, n: te.sum(x[t, r] * w[n, r], axis=r), name="NT_matmul")
     sch = NTMatmulCPU().apply(te.create_prim_func([x, codes, scale, y]), TARGET, False)
     assert sch is not None
-    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
+    lib = compile_func(sch.mod["main"], TARGET, "main")
     c = rng.integers(-127, 128, (N, K)).astype(np.int8)
     s = rng.uniform(0.01, 0.1, (N, K // G)).astype(np.float32)
     w_ref = c.astype(np.float32) * np.repeat(s, G, axis=1)
@@ -202,7 +203,7 @@ def test_packed_dequantize_runs_once_per_task_for_prefill(rng):
     loops = [sch.get(lp) for lp in sch.get_loops(sch.get_sblock("dequantize"))]
     assert loops[0].kind == tvm.tirx.ForKind.PARALLEL
     assert not any(_uses_var(lp.extent, T) for lp in loops)
-    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
+    lib = compile_func(sch.mod["main"], TARGET, "main")
     qa = rng.integers(0, 2**32, (N, K // 8), dtype=np.uint64).astype(np.uint32)
     sa = rng.uniform(0.01, 0.1, (N, K // 32)).astype(np.float16)
     for rows in (1, 6, 9, 33):
@@ -228,7 +229,7 @@ def test_one_row_gemv_prefetches_the_row_tiles_ahead(dtype, rng):
     assert sch is not None
     script = sch.mod["main"].script()
     assert script.count('"llvm.prefetch') >= 1 and f"T.int64({N * K - 1})" in script
-    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
+    lib = compile_func(sch.mod["main"], TARGET, "main")
     assert "@llvm.prefetch" in lib.mod.inspect_source("ll")
     xa = rng.standard_normal((1, K)).astype(dtype)
     wa = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(dtype)
@@ -266,7 +267,7 @@ def test_prefill_copies_w_once_per_task_packed_and_sums_lanes_by_halving(dtype, 
     lanes = simd_lanes(TARGET)
     for half in (lanes // 2, lanes // 4, 2):
         assert re.search(rf"T\.vectorized\((T\.int64\()?{half}\)", script), half
-    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), TARGET)
+    lib = compile_func(sch.mod["main"], TARGET, "main")
     wa = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(dtype)
     for rows in (1, 5, 17):
         xa = rng.standard_normal((rows, K)).astype(dtype)

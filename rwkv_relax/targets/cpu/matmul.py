@@ -222,14 +222,10 @@ class NTMatmulCPU(dl.ScheduleRule):
         deq = _dequantize_producer(sch, main_rv) if row_iter is not None else None
         widened = set()  # fp32 copies of fp16 values, read back without a round trip (below)
         if row_iter is not None:
-            for copy in copies:
-                if sch.get(copy).writes[0].source.dtype in ("float16", "bfloat16"):
-                    sch.unsafe_set_dtype(copy, 0, "float32")
-                    widened.add(sch.get(copy).writes[0].source.name)
             if deq is None and k >= MIN_COPY_K:
-                deq = _fp32_weight_copy(sch, main_rv)
-                if deq is not None and sch.get(deq).reads[0].source.dtype != "float32":
-                    widened.add(sch.get(deq).writes[0].source.name)
+                deq = _weight_copy(sch, main_rv)
+            for copy in copies + ([deq] if deq is not None else []):
+                widened |= _widen_to_fp32(sch, copy)
         keep = {sch.get(b).name_hint for b in [main_rv, *copies] + ([deq] if deq else [])}
         _inline_spatial(sch, keep)
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
@@ -457,17 +453,23 @@ MIN_TASKS = 16
 MIN_COPY_K = 256
 
 
-def _fp32_weight_copy(sch: s_tir.Schedule, main_rv):
-    """An fp32 copy of the float W the reduction reads (a producer block, or None)."""
+def _weight_copy(sch: s_tir.Schedule, main_rv):
+    """A copy of the float W the reduction reads (a producer block, or None)."""
     block = sch.get(main_rv)
     w = _weight_buffer(block)
     if w is None or w.dtype not in ("float16", "bfloat16", "float32"):
         return None
     idx = next(i for i, r in enumerate(block.reads) if r.source.same_as(w))
-    copy = sch.cache_read(main_rv, idx, "global")
-    if w.dtype != "float32":
-        sch.unsafe_set_dtype(copy, 0, "float32")
-    return copy
+    return sch.cache_read(main_rv, idx, "global")
+
+
+def _widen_to_fp32(sch: s_tir.Schedule, block) -> set:
+    """Store the fp16/bf16 buffer ``block`` writes as fp32; {its name} if it was widened, else {}
+    (a dequantize block already writes fp32)."""
+    if sch.get(block).writes[0].source.dtype not in ("float16", "bfloat16"):
+        return set()
+    sch.unsafe_set_dtype(block, 0, "float32")
+    return {sch.get(block).writes[0].source.name}
 
 
 def _dequantize_producer(sch: s_tir.Schedule, main_rv):
