@@ -134,15 +134,22 @@ def default_output(source: ModelSource, quantization: str, target: TargetPreset)
 
 def build(model: str, target: str = "llvm", output: str | Path | None = None,
           quantization: str | None = None, chip: str | None = None,
-          overrides: dict[str, Any] | None = None, cuda_graph: bool = False) -> Path:
+          overrides: dict[str, Any] | None = None, cuda_graph: bool = False,
+          cpu_int8_activations: bool = False) -> Path:
     """Compile ``model`` for ``target`` and write the library. Returns its path.
 
     ``quantization`` defaults to the model directory's (gen_config), else q0f32; ``chip`` is the
     target's chip (llvm -mcpu, cuda sm_XX, ...); ``cuda_graph`` (cuda only): decode's kernels are
-    captured in CUDA graphs (``targets/cuda.py``), recorded as ``cuda_graph`` in ``_metadata``."""
+    captured in CUDA graphs (``targets/cuda.py``), recorded as ``cuda_graph`` in ``_metadata``;
+    ``cpu_int8_activations`` (llvm, quantized modes): the decode GEMVs quantize their activations
+    to int8 per group, as ggml's Q8_0 dots do (faster, not exact; ``tir_kernels/quant_matmul``),
+    recorded as ``cpu_int8_activations`` in ``_metadata``."""
     preset = get_target(target)
     if cuda_graph and preset.name != "cuda":
         raise ConfigError(f"--cuda-graph is a cuda option; drop it or build with --target cuda, not {target}")
+    if cpu_int8_activations and preset.name != "llvm":
+        raise ConfigError(f"--cpu-int8-activations is an llvm option; drop it or build with --target llvm, "
+                          f"not {target}")
     if quantization is not None:
         get_mode(quantization)  # an unknown mode fails before any work
     source = resolve_model(model, overrides)
@@ -150,8 +157,14 @@ def build(model: str, target: str = "llvm", output: str | Path | None = None,
         raise ConfigError(f"{model} was generated for {source.quantization}, not {quantization}; pass "
                           f"--quantization {source.quantization} or re-run gen_config")
     quantization = quantization or source.quantization or "q0f32"
+    if cpu_int8_activations and not get_mode(quantization).quantized:
+        raise ConfigError(f"--cpu-int8-activations quantizes the activations of quantized GEMVs; {quantization} "
+                          "has none: drop the flag or use q4f16_1, q4f32_1 or q8f16_1")
     out = Path(output) if output else default_output(source, quantization, preset)
     tvm_target = preset.target(chip)
+    if cpu_int8_activations:
+        from .targets.cpu import check_int8_activations
+        check_int8_activations(tvm_target)
     preset.check_toolchain(str(out))
     if preset.needs_child_build():
         return preset.child_build(dict(model=model, target=target, output=str(out), quantization=quantization,
@@ -161,7 +174,10 @@ def build(model: str, target: str = "llvm", output: str | Path | None = None,
     preset.check_params(metadata["params"], quantization)
     log.info("compiling %s (%s) for %s", source.name, quantization, preset.name)
     prefix = system_lib_prefix(source, quantization) if preset.prefixed_system_lib else None
-    if cuda_graph:
+    if cpu_int8_activations:
+        metadata["cpu_int8_activations"] = True
+        ex = preset.compile(attach_metadata(mod, metadata), tvm_target, prefix, int8_activations=True)
+    elif cuda_graph:
         from .targets.cuda import cuda_graph_context
         metadata["cuda_graph"] = True
         with cuda_graph_context():

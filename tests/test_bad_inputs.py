@@ -194,3 +194,13 @@ def test_misnamed_safetensors_still_loads(tmp_path, good):
     p = write_checkpoint(good, tmp_path / "m.safetensors")
     renamed = p.rename(tmp_path / "m.pth")
     assert open_checkpoint(renamed).shape("emb.weight") == good["emb.weight"].shape
+
+
+@pytest.mark.parametrize("extra,says", [
+    (("--target", "cuda"), "--cpu-int8-activations is an llvm option"),
+    (("--quantization", "q0f16"), "q0f16 has none"),
+    (("--quantization", "q4f16_1", "--chip", "x86-64"), "needs an x86 CPU with AVX2 (llvm -mcpu x86-64 has none)"),
+])
+def test_int8_activations_where_they_cannot_apply(tmp_path, capsys, extra, says):
+    msg = run_build(tmp_path, capsys, "rwkv5-world-0.1b", "--cpu-int8-activations", *extra)
+    assert says in msg, msg

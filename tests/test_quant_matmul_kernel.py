@@ -14,7 +14,8 @@ from tvm.s_tir import dlight as dl
 
 from rwkv_relax.quantization import group_quant as gq
 from tir_kernels import kernel, retarget
-from tir_kernels.quant_matmul import q_gemv, q_gemv_i16_numpy, q_matmul_numpy, quantize_activations_i16
+from tir_kernels.quant_matmul import (
+    q_gemv, q_gemv_i8_numpy, q_gemv_i16_numpy, q_matmul_numpy, quantize_activations_i8, quantize_activations_i16)
 
 # fp32 out: only the summation order differs from the float64 twin (measured ~2e-7 of max |y|)
 RTOL = {"float32": 2e-6, "float16": 1e-3}  # fp16: one output rounding, 2**-11 relative
@@ -146,6 +147,80 @@ def test_cpu_pipeline_retargets_only_with_avx2():
     avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
     assert retarget_for_cpu_features(plain)(mod)["q_gemv"].script() == func.script()
     assert "pmadd.wd" in retarget_for_cpu_features(avx2)(mod)["q_gemv"].script()
+
+
+def _host_has(*features) -> bool:
+    from tvm.target import codegen
+    return all(codegen.target_has_features(f, _target()) for f in features)
+
+
+INT8_FORMS = [  # form, the instruction that must be in its LLVM IR, host features it needs
+    pytest.param("int8_vnni", "vpdpbusd", marks=pytest.mark.skipif(
+        not _host_has("avx512vnni", "avx512vl"), reason="this CPU has no AVX512-VNNI")),
+    pytest.param("int8_avx2", "pmadd.ub.sw", marks=pytest.mark.skipif(not _has_avx2(), reason="no AVX2")),
+]
+INT8_CASES = [  # n, k, bits, act, out
+    (3, 64, 4, "float16", "float32"),  # tail rows only
+    (8 * 64 + 3, 128, 4, "float32", "float32"),  # fp32 activations are quantized too (opt-in)
+    (258, 768, 4, "float16", "float16"),
+    (8 * 96 + 1, 96, 8, "float32", "float32"),
+    (13, 672, 8, "float16", "float16"),
+]
+
+
+@pytest.mark.parametrize("form,instruction", INT8_FORMS)
+@pytest.mark.parametrize("n,k,bits,act,out", INT8_CASES)
+def test_int8_forms_match_their_twin_and_stay_within_the_rounding_bound(form, instruction, n, k, bits, act, out):
+    """Any words (the top code 2**bits - 1 included: 8-bit codes x 127 would saturate a naive
+    vpmaddubsw). Against the twin: fp32 rounding. Against the exact product: at most the
+    activation rounding, half a step (max|x_g| / 254) per element times |w|."""
+    rng = np.random.default_rng(n + k + bits)
+    q = rng.integers(0, 2**32, (n, k * bits // 32), dtype=np.uint64).astype(np.uint32)
+    q[0, :] = 0xFFFFFFFF  # every code at its top
+    s = (rng.standard_normal((n, k // 32)) * 0.05).astype(act)
+    x = (rng.standard_normal((1, k)) * np.exp(rng.standard_normal((1, k)))).astype(act)
+    x[0, :32] = 0  # an all-zero group (scale 1, codes 0)
+    lib = _build(n, k, bits, act, out, form)
+    assert instruction in _ll(lib)
+    y = _run(lib, x, q, s, n, out).astype(np.float64)
+    exact = q_matmul_numpy(x, q, s, bits, 32)
+    m = np.abs(exact).max()
+    np.testing.assert_allclose(y, q_gemv_i8_numpy(x, q, s, bits, 32), rtol=0, atol=RTOL[out] * m)
+    w = np.abs(q_matmul_numpy(np.eye(k), q, s, bits, 32)).T  # |W| (n, k)
+    half_step = np.repeat(np.abs(x[0].astype(np.float64)).reshape(-1, 32).max(axis=1), 32) / 254
+    assert np.all(np.abs(y - exact) <= w @ half_step + RTOL[out] * m)
+    assert np.abs(y - exact).max() > 1e-5 * m  # int8 activations: not the exact product
+
+
+def test_int8_activation_quantization_bound():
+    """Codes in [-127, 127] (never -128, which the sign tricks of int8 dots cannot negate), the
+    group's largest |x| at +-127, each element within half a step."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((1, 256)) * np.exp(2 * rng.standard_normal((1, 256)))).astype(np.float32)
+    codes, scale = quantize_activations_i8(x, 32)
+    assert codes.dtype == np.int8 and np.abs(codes.astype(np.int32)).max() == 127 and codes.min() >= -127
+    err = np.abs(codes.astype(np.float64) * np.repeat(scale, 32) - x[0].astype(np.float64))
+    assert np.all(err <= np.repeat(scale.astype(np.float64), 32) * 0.5 * 1.0001)
+
+
+def test_int8_forms_fall_back_where_words_do_not_fill_a_vector():
+    """K % 64 == 32 at 4 bits (12 words): the exact "cpu" form."""
+    args = (256, 96, 4, 32, "float16", "float32")
+    for form in ("int8_vnni", "int8_avx2"):
+        assert q_gemv(*args, target=form).script() == q_gemv(*args, target="cpu").script()
+
+
+def test_cpu_pipeline_picks_the_int8_form_by_cpu_features():
+    from rwkv_relax.errors import ConfigError
+    from rwkv_relax.targets.cpu import retarget_for_cpu_features
+    mod = tvm.IRModule({"q_gemv": kernel("q_gemv", 8 * 128, 128, 4, 32, "float16", "float32")})
+
+    def picked(mcpu):
+        target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+        return retarget_for_cpu_features(target, int8_activations=True)(mod)["q_gemv"].script()
+    assert "vpdpbusd" in picked("icelake-server") and "pmadd.ub.sw" in picked("haswell")
+    with pytest.raises(ConfigError, match="needs an x86 CPU with AVX2"):
+        picked("x86-64")
 
 
 def test_gpu_form_is_left_for_dlight():

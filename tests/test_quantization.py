@@ -152,6 +152,35 @@ def test_quality_against_fp32(factory, arch):
     assert results["q8f16_1"]["mean_kl"] < results["q4f16_1"]["mean_kl"] / 10
 
 
+def _host_int8_form():
+    from rwkv_relax.targets.cpu import _llvm, int8_form
+    return int8_form(tvm.target.Target(_llvm(None)))
+
+
+@pytest.mark.skipif(_host_int8_form() is None, reason="this CPU has no AVX2")
+@pytest.mark.parametrize("mode", ["q8f16_1", "q4f16_1"])
+def test_int8_activation_library(factory, ckpt, rng, mode):
+    """build --cpu-int8-activations: recorded in _metadata; prefill's GEMMs stay exact (equal
+    states; its logits come from the one-row head GEMV), decode steps run the int8 GEMVs (logits
+    move by about the activation rounding) and stay within the mode's quality bounds against fp32."""
+    exact = load_model(factory.library(ckpt, quantization=mode), ckpt)
+    int8 = load_model(factory.library(ckpt, quantization=mode, cpu_int8_activations=True), ckpt)
+    assert int8.metadata["cpu_int8_activations"] is True and "cpu_int8_activations" not in exact.metadata
+    tokens = rng.integers(0, SHAPE["vocab_size"], 17)
+    (_, sa), (_, sb) = exact.prefill(tokens), int8.prefill(tokens)
+    theirs = exact.state_tensors(sa)
+    for key, value in int8.state_tensors(sb).items():
+        np.testing.assert_array_equal(value, theirs[key], err_msg=str(key))
+    token = int(rng.integers(SHAPE["vocab_size"]))
+    da, db = exact.decode(token, sa)[0], int8.decode(token, sb)[0]
+    assert 0 < np.abs(da - db).max() < 0.05 * np.abs(da).max()
+    positions = np.random.default_rng(3).integers(0, SHAPE["vocab_size"], 256)
+    ref = position_logits(load_model(factory.library(ckpt, quantization="q0f32"), ckpt), positions)
+    r = compare(ref, position_logits(int8, positions))
+    max_kl, min_top1 = QUALITY_BOUNDS[mode]
+    assert r["finite"] and r["mean_kl"] <= max_kl and r["top1"] >= min_top1, r
+
+
 def shard_bytes(path):
     return sum(f.stat().st_size for f in path.glob("params_shard_*.bin"))
 

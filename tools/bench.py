@@ -217,12 +217,16 @@ def main(argv=None) -> int:
     p.add_argument("--ab-dense", action="store_true",
                    help="time every mode with the sparse channel-mix value (ffn_value_layout=hidden_major) and "
                         "with the dense one (the default), in the same rounds: the sparse kernel's A/B")
+    p.add_argument("--cpu-int8-activations", action="store_true",
+                   help="also time every quantized mode built with --cpu-int8-activations (as \"mode/i8\"), "
+                        "in the same rounds: the int8-activation GEMVs' A/B against the exact ones")
     p.add_argument("--tokenizer", action="store_true",
                    help="also time World tokenizer encode against ChatRWKV's TRIE_TOKENIZER (1 MB)")
     args = p.parse_args(argv)
 
     from rwkv_relax import load_model
     from rwkv_relax.pipeline import build, export, resolve_model
+    from rwkv_relax.quantization import get_mode
     from rwkv_relax.registry import get_spec
     from rwkv_relax.runtime.threads import use_all_cpus
     from rwkv_relax.testing.random_weights import write_checkpoint
@@ -250,12 +254,17 @@ def main(argv=None) -> int:
                                            args.rwkv_cpp_types.split(","))
     models, build_s = {}, {}
     for mode in args.modes.split(","):
-        # --ab-dense: "mode" is the sparse hidden-major value, "mode/dense" the dense one
-        for layout in ("hidden_major", "dense") if args.ab_dense else (None,):
-            label = f"{mode}/dense" if layout == "dense" else mode
+        # --ab-dense: "mode" is the sparse hidden-major value, "mode/dense" the dense one;
+        # --cpu-int8-activations: "mode/i8" beside "mode" for the quantized modes
+        variants = [(layout, False) for layout in (("hidden_major", "dense") if args.ab_dense else (None,))]
+        if args.cpu_int8_activations and get_mode(mode).quantized:
+            variants.append((None, True))
+        for layout, int8 in variants:
+            label = f"{mode}/dense" if layout == "dense" else f"{mode}/i8" if int8 else mode
             t0 = time.perf_counter()
-            lib = build(str(ckpt), target="llvm", output=work / f"model-{mode}-{layout}.so", quantization=mode,
-                        overrides={"ffn_value_layout": layout} if layout else None)
+            lib = build(str(ckpt), target="llvm", output=work / f"model-{mode}-{layout}-{int8}.so",
+                        quantization=mode, overrides={"ffn_value_layout": layout} if layout else None,
+                        cpu_int8_activations=int8)
             build_s[label] = time.perf_counter() - t0
             models[label] = load_model(lib, ckpt)
     # Rounds interleave the modes (and the bandwidth probes): on a shared machine throughput

@@ -25,9 +25,13 @@ def main(argv=None) -> int:
     p.add_argument("--ab-dense", action="store_true",
                    help="each mode with the sparse hidden-major channel-mix value (quantized along C) and the "
                         "dense default (quantized along F)")
+    p.add_argument("--cpu-int8-activations", action="store_true",
+                   help="also each quantized mode built with --cpu-int8-activations (\"mode/i8\": its decode "
+                        "GEMVs on int8 activations; the positions are decoded one token at a time)")
     args = p.parse_args(argv)
     from rwkv_relax import load_model
     from rwkv_relax.pipeline import build
+    from rwkv_relax.quantization import get_mode
     from rwkv_relax.registry import get_spec
     from rwkv_relax.testing.quality import compare, position_logits
     from rwkv_relax.testing.random_weights import write_checkpoint
@@ -39,10 +43,13 @@ def main(argv=None) -> int:
     ref = position_logits(base, tokens)
     print(f"{'mode':16s} {'mean KL':>10s} {'max KL':>10s} {'top-1':>7s}")
     for mode in args.modes.split(","):
-        for layout in ("hidden_major", "dense") if args.ab_dense else (None,):
-            label = f"{mode}/dense" if layout == "dense" else mode
-            lib = build(str(ckpt), output=work / f"{mode}-{layout}.so", quantization=mode,
-                        overrides={"ffn_value_layout": layout} if layout else None)
+        variants = [(layout, False) for layout in (("hidden_major", "dense") if args.ab_dense else (None,))]
+        if args.cpu_int8_activations and get_mode(mode).quantized:
+            variants.append((None, True))
+        for layout, int8 in variants:
+            label = f"{mode}/dense" if layout == "dense" else f"{mode}/i8" if int8 else mode
+            lib = build(str(ckpt), output=work / f"{mode}-{layout}-{int8}.so", quantization=mode,
+                        overrides={"ffn_value_layout": layout} if layout else None, cpu_int8_activations=int8)
             r = compare(ref, position_logits(load_model(lib, ckpt), tokens))
             print(f"{label:16s} {r['mean_kl']:10.5f} {r['max_kl']:10.5f} {r['top1']:7.3f}")
     return 0

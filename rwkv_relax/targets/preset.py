@@ -83,8 +83,9 @@ class TargetPreset:
                     "quantize the embedding and head too (no --keep-embedding-head)"
                     if quantization.startswith("q4") else "use a 4-bit mode (q4f16_1 or q4f32_1)"))
 
-    def compile(self, mod, target, system_lib_prefix: str | None = None):
-        """Relax pipeline (scheduling) + TIR lowering + codegen."""
+    def compile(self, mod, target, system_lib_prefix: str | None = None, **pipeline_options):
+        """Relax pipeline (scheduling) + TIR lowering + codegen. ``pipeline_options`` go to the
+        target's pipeline (llvm: ``int8_activations``)."""
         from tvm import relax
         if system_lib_prefix is not None:
             mod = mod.with_attr("system_lib_prefix", system_lib_prefix)
@@ -92,7 +93,7 @@ class TargetPreset:
             if self.prepare is not None:
                 self.prepare()
             try:
-                return relax.build(mod, target, relax_pipeline=self.pipeline(target),
+                return relax.build(mod, target, relax_pipeline=self.pipeline(target, **pipeline_options),
                                    # None: TVM decides (wasm: a system lib)
                                    system_lib=True if system_lib_prefix is not None else None)
             except Exception as err:  # TVM raises plain errors; only the missing codegen is ours

@@ -14,7 +14,10 @@ Two implementations:
          "avx2" for fp16 activations on x86 with AVX2, the same GEMV on int16 dot products (see
          :func:`_q_gemv_avx2_i16`; fp32 activations and K not a multiple of 64 codes per 8 words
          get the "cpu" form);
-         "gpu" the TE function for dlight's GEMV rule.
+         "gpu" the TE function for dlight's GEMV rule;
+         "int8_vnni" / "int8_avx2" (opt-in, ``build --cpu-int8-activations``): activations
+         quantized per group to int8, as ggml does (see :func:`_q_gemv_i8`; K not a multiple of
+         8 words gets the "cpu" form).
 
 Why a hand-written decode GEMV: dequantizing element by element (shift by ``(k % 8) * 4``, mask,
 convert, subtract qmax, multiply by the scale, FMA) costs ~6 vector ops per 8 weights and leaves
@@ -41,10 +44,10 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
-from .cpu import ROWS, TASKS, _q_gemv_avx2_i16, _q_gemv_cpu  # noqa: F401  (tests read ROWS, TASKS)
+from .cpu import I8_MAX, ROWS, TASKS, _q_gemv_avx2_i16, _q_gemv_cpu, _q_gemv_i8  # noqa: F401  (tests read ROWS, TASKS)
 from .format import _check, qmax
 
-Q_GEMV_TARGETS = ("cpu", "avx2", "gpu")
+Q_GEMV_TARGETS = ("cpu", "avx2", "gpu", "int8_vnni", "int8_avx2")
 
 
 def q_gemv(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype: str,
@@ -56,7 +59,9 @@ def q_gemv(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype: str
     # (13.8 vs 17.0 us with weights from DRAM)
     if target == "avx2" and act_dtype == "float16" and (k // (32 // bits)) % 8 == 0:
         return _q_gemv_avx2_i16(n, k, bits, group, act_dtype, out_dtype)
-    if target in ("cpu", "avx2"):
+    if target in ("int8_vnni", "int8_avx2") and (k // (32 // bits)) % 8 == 0:
+        return _q_gemv_i8(n, k, bits, group, act_dtype, out_dtype, vnni=target == "int8_vnni")
+    if target in ("cpu", "avx2", "int8_vnni", "int8_avx2"):
         return _q_gemv_cpu(n, k, bits, group, act_dtype, out_dtype)
     if target == "gpu":
         per_word = 32 // bits
@@ -87,22 +92,40 @@ def q_matmul_numpy(x: np.ndarray, q: np.ndarray, scale: np.ndarray, bits: int, g
     return x.astype(np.float64) @ w.T
 
 
-def quantize_activations_i16(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
-    """x (1, K) -> (int16 codes (K,), per-group scales (K/group,)) as the "avx2" form does:
-    ``scale = max|x_g| / 32767`` (1 for an all-zero group), codes rounded half to even."""
+def quantize_activations(x: np.ndarray, group: int, top: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """x (1, K) -> (integer codes (K,), per-group scales (K/group,)) as the integer forms do:
+    ``scale = max|x_g| / top`` (1 for an all-zero group), codes rounded half to even."""
     xg = x.astype(np.float32).reshape(-1, group)
     amax = np.abs(xg).max(axis=1)
-    safe = np.where(amax > 0, amax, np.float32(32767))  # an all-zero group: scale 1
-    scale = (safe / np.float32(32767)).astype(np.float32)
-    inv = (np.float32(32767) / safe).astype(np.float32)
-    codes = np.rint(xg * inv[:, None]).astype(np.int16)
+    safe = np.where(amax > 0, amax, np.float32(top))  # an all-zero group: scale 1
+    scale = (safe / np.float32(top)).astype(np.float32)
+    inv = (np.float32(top) / safe).astype(np.float32)
+    codes = np.rint(xg * inv[:, None]).astype(dtype)
     return codes.reshape(-1), scale
+
+
+def quantize_activations_i16(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The "avx2" form's int16 activations (``top`` 32767)."""
+    return quantize_activations(x, group, 32767, np.int16)
+
+
+def quantize_activations_i8(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The "int8_*" forms' int8 activations (``top`` 127, as ggml's Q8_0)."""
+    return quantize_activations(x, group, I8_MAX, np.int8)
 
 
 def q_gemv_i16_numpy(x: np.ndarray, q: np.ndarray, scale: np.ndarray, bits: int, group: int) -> np.ndarray:
     """Twin of the "avx2" form: activations quantized per group to int16, exact integer dot
     products per group, float64 scaling."""
     codes, xs = quantize_activations_i16(x, group)
+    xi = codes.astype(np.float64) * np.repeat(xs.astype(np.float64), group)
+    return q_matmul_numpy(xi[None, :], q, scale, bits, group)
+
+
+def q_gemv_i8_numpy(x: np.ndarray, q: np.ndarray, scale: np.ndarray, bits: int, group: int) -> np.ndarray:
+    """Twin of the "int8_*" forms: activations quantized per group to int8, exact integer dot
+    products per group, float64 scaling."""
+    codes, xs = quantize_activations_i8(x, group)
     xi = codes.astype(np.float64) * np.repeat(xs.astype(np.float64), group)
     return q_matmul_numpy(xi[None, :], q, scale, bits, group)
 

@@ -229,3 +229,131 @@ def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_
         over_row_tiles((q, scale, xq, xc, xs), y)
 
     return q_gemv
+
+
+# ---------------------------------------------------------------------------------------------
+# "int8_vnni" / "int8_avx2": int8 activations (opt-in, build --cpu-int8-activations)
+
+# codes per byte lane are unsigned (0 .. 2**bits - 1); activations are signed int8 in [-127, 127]
+I8_MAX = 127
+
+
+def _q_gemv_i8(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype: str, vnni: bool):
+    """The decode GEMV on int8 activations, as ggml's Q4_0 x Q8_0 and Q8_0 x Q8_0 dots do.
+
+    Each group of ``group`` activations is quantized to int8 with its own scale
+    (``max|x_g| / 127``): an error of up to 1/254 of the group's largest value, 8x what fp16
+    rounding costs, hence opt-in (``_metadata`` records it) and measured by tools/quant_quality.py.
+    Codes stay unsigned bytes, so one AND (4 bits: ``0x0F0F0F0F`` after a shift of 0 or 4; 8 bits:
+    the word itself) puts 4 codes in every 32-bit lane, and the activations are laid out to
+    match: byte b of pass p of a word holds code ``b * P + p``. Per 8 words (a ymm):
+
+    * "int8_vnni" (AVX512-VNNI + VL): ``vpdpbusd`` sums 4 u8 x s8 products into each int32 lane,
+      one instruction per 32 products (the int16 form needs two per 32 and twice the shifts);
+    * "int8_avx2": ``vpmaddubsw`` sums pairs into int16, ``vpmaddwd`` against 1s widens to int32.
+      At 4 bits the two passes' int16 sums are added first (|sum| <= 4 * 15 * 127 fits); 8-bit
+      codes are split into nibbles (a byte x 127 pair would saturate int16), the high half widened
+      against 16s.
+
+    Integer sums are exact; per word they are converted once and scaled by (weight scale x
+    activation scale), and ``- qmax * sum x`` is an integer start value, as in the int16 form.
+    """
+    per_word = 32 // bits
+    words = k // per_word
+    # words (int32 lanes) per vector: a ymm. zmm (vpdpbusd.512) measured 3x slower at 4 bits
+    # (6.7 vs 19.8 GB/s at 768 x 768) and equal at 8 bits
+    L = 8
+    KB = words // L
+    wpg = group // per_word
+    P = per_word // 4  # passes over a word's bytes: 2 at 4 bits, 1 at 8 bits
+    qm = qmax(bits)
+    G = k // group
+    lo4 = 0x0F0F0F0F
+    prefetch_ahead = _prefetch_ahead(n, L)
+
+    def u8(word, shift: int, mask: int):  # 4 codes per lane, as the 32 unsigned bytes of a ymm
+        w = word if shift == 0 else T.shift_right(word, T.Broadcast(T.uint32(shift), L))
+        return T.reinterpret(f"int8x{4 * L}", w if mask == 0xFFFFFFFF else T.bitwise_and(w, T.Broadcast(T.uint32(mask), L)))
+
+    def maddubs(a, b):
+        return T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", a, b)
+
+    def maddwd(a, c: int):
+        return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", a, T.Broadcast(T.int16(c), 2 * L))
+
+    @T.macro
+    def dot_vnni(q, xq, part, r, row0, kb):
+        for p in T.unroll(P):
+            part[r, T.Ramp(0, 1, L)] = T.call_llvm_pure_intrin(
+                f"int32x{L}", f"llvm.x86.avx512.vpdpbusd.{32 * L}", part[r, T.Ramp(0, 1, L)],
+                u8(q[row0 + r, T.Ramp(kb * L, 1, L)], bits * p, lo4 if bits == 4 else 0xFFFFFFFF),
+                xq[kb, p, T.Ramp(0, 1, 4 * L)])
+
+    @T.macro
+    def dot_avx2_4bit(q, xq, part, r, row0, kb):
+        part[r, T.Ramp(0, 1, L)] = part[r, T.Ramp(0, 1, L)] + maddwd(
+            maddubs(u8(q[row0 + r, T.Ramp(kb * L, 1, L)], 0, lo4), xq[kb, 0, T.Ramp(0, 1, 4 * L)])
+            + maddubs(u8(q[row0 + r, T.Ramp(kb * L, 1, L)], 4, lo4), xq[kb, 1, T.Ramp(0, 1, 4 * L)]), 1)
+
+    @T.macro
+    def dot_avx2_8bit(q, xq, part, r, row0, kb):
+        part[r, T.Ramp(0, 1, L)] = part[r, T.Ramp(0, 1, L)] + maddwd(
+            maddubs(u8(q[row0 + r, T.Ramp(kb * L, 1, L)], 0, lo4), xq[kb, 0, T.Ramp(0, 1, 4 * L)]), 1) + maddwd(
+            maddubs(u8(q[row0 + r, T.Ramp(kb * L, 1, L)], 4, lo4), xq[kb, 0, T.Ramp(0, 1, 4 * L)]), 16)
+
+    dot = dot_vnni if vnni else (dot_avx2_4bit if bits == 4 else dot_avx2_8bit)
+
+    @T.macro
+    def rows_tile(ops, acc, part, row0, nrows):
+        q, scale, xq, xc, xs = ops
+        for r in T.unroll(nrows):
+            acc[r, T.Ramp(0, 1, L)] = T.Broadcast(T.float32(0), L)
+        for kb in range(KB):
+            prefetch_ahead(q, row0, nrows, kb)
+            for r in T.unroll(nrows):
+                part[r, T.Ramp(0, 1, L)] = xc[kb, T.Ramp(0, 1, L)]
+            for r in T.unroll(nrows):
+                dot(q, xq, part, r, row0, kb)
+            for r in T.unroll(nrows):
+                for lane in T.vectorized(L):
+                    acc[r, lane] = acc[r, lane] + T.Cast("float32", part[r, lane]) * (
+                        T.Cast("float32", scale[row0 + r, (kb * L + lane) // wpg]) * xs[kb, lane])
+
+    over_row_tiles = _over_row_tiles(rows_tile, n, L, "int32", out_dtype)
+
+    @T.prim_func(private=True)
+    def q_gemv(x: T.Buffer((T.int64(1), T.int64(k)), act_dtype),
+               q: T.Buffer((T.int64(n), T.int64(words)), "uint32"),
+               scale: T.Buffer((T.int64(n), T.int64(k // group)), act_dtype),
+               y: T.Buffer((T.int64(1), T.int64(n)), out_dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        gmax = T.alloc_buffer((8,), "float32")
+        ginv = T.alloc_buffer((1,), "float32")
+        gs = T.alloc_buffer((G,), "float32")
+        xl = T.alloc_buffer((k,), "int8")  # quantized x, natural order
+        xq = T.alloc_buffer((KB, P, 4 * L), "int8")  # ... in byte-lane order
+        xc = T.alloc_buffer((KB, L), "int32")
+        xs = T.alloc_buffer((KB, L), "float32")
+        for g in range(G):
+            for lane in T.vectorized(8):
+                gmax[lane] = T.float32(0)
+            for c in range(group // 8):
+                for lane in T.vectorized(8):
+                    gmax[lane] = T.max(gmax[lane], T.fabs(T.Cast("float32", x[0, g * group + c * 8 + lane])))
+            for lane in range(1, 8):
+                gmax[0] = T.max(gmax[0], gmax[lane])
+            gs[g] = T.if_then_else(gmax[0] > T.float32(0), gmax[0] / T.float32(I8_MAX), T.float32(1))
+            ginv[0] = T.if_then_else(gmax[0] > T.float32(0), T.float32(I8_MAX) / gmax[0], T.float32(1))
+            for e in T.vectorized(group):
+                xl[g * group + e] = T.Cast("int8", T.nearbyint(T.Cast("float32", x[0, g * group + e]) * ginv[0]))
+        for kb in range(KB):
+            for lane in range(L):
+                xs[kb, lane] = gs[(kb * L + lane) // wpg]
+                xc[kb, lane] = 0
+                for p in T.unroll(P):
+                    for b in T.unroll(4):
+                        xq[kb, p, 4 * lane + b] = xl[(kb * L + lane) * per_word + b * P + p]
+                        xc[kb, lane] = xc[kb, lane] - qm * T.Cast("int32", xl[(kb * L + lane) * per_word + b * P + p])
+        over_row_tiles((q, scale, xq, xc, xs), y)
+
+    return q_gemv
