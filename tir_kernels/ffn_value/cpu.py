@@ -5,7 +5,8 @@ Two stages, both parallel:
 1. per tile of 4 tokens (and a 1-token tile per leftover token, so a decode step does no padded
    FMAs), the ascending list of hidden units f with any nonzero x[t, f]: a union over the tile's
    tokens, so that one weight load serves them all; ascending, so the summation order does not
-   depend on threads;
+   depend on threads. Decode and batches build each chunk's part of it in the task that reads
+   its rows (``_chunk_list``), prefill the whole list per tile (``_tile_lists``);
 2. the products over the listed rows only, summed per chunk of the hidden axis (a chunking fixed by
    F alone), the chunk partials then summed in chunk order, on every path, so that a row's result
    does not depend on the rows beside it (batching and prompt splitting never change a token):
@@ -16,7 +17,8 @@ Two stages, both parallel:
      column panel of W into a contiguous fp32 scratch (rows of W are C apart: swept in place for
      every token tile, each listed row costs a TLB miss) and then runs every token tile over it
      with the chunk partials in registers.
-Quantized weights (``cpu_quant.py``) take the same stage 1 and their own stage 2.
+Quantized weights (``cpu_quant.py``) take the same stage 1 and their own stage 2. A chunk with no
+listed row adds nothing to its rows' sums, on every path.
 """
 from __future__ import annotations
 
@@ -69,6 +71,32 @@ def _nonzero_lists(F: int, act_dtype: str, chunk: int = 0):
     return lists
 
 
+def _chunk_list(F: int, chunk: int, act_dtype: str, nrows: int):
+    """Macro ``(x, lst, n, row0, k)``: ``lst[:n[0]]`` = the f of chunk k (``f // chunk == k``) with
+    any nonzero ``x[row0 + r, f]``, ``r < nrows``, ascending: chunk k's part of
+    :func:`_nonzero_lists`, built by the task that uses it (decode: one list of all F on one core
+    cost more than reading the rows at 90% zeros)."""
+    bits_dtype = {"float32": "uint32", "float16": "uint16"}[act_dtype]
+    magnitude = {"float32": 0x7FFFFFFF, "float16": 0x7FFF}[act_dtype]
+
+    @T.macro
+    def build(x, lst, n, row0, k):
+        hit = T.alloc_buffer((1,), "int32", scope="global")
+        n[0] = 0
+        for e in range(T.min(chunk, F - k * chunk)):
+            hit[0] = 0
+            for r in T.unroll(nrows):
+                # as _nonzero_lists: any bit but the sign (NaN counts, -0.0 does not)
+                if T.bitwise_and(T.reinterpret(bits_dtype, x[row0 + r, k * chunk + e]),
+                                 T.Cast(bits_dtype, magnitude)) != T.Cast(bits_dtype, 0):
+                    hit[0] = 1
+            if hit[0] == 1:
+                lst[n[0]] = k * chunk + e
+                n[0] = n[0] + 1
+
+    return build
+
+
 def _tile_lists(F: int, act_dtype: str, chunk: int = 0):
     """Macro ``(x, idx, cnt, cst, seq_len)``: :func:`_nonzero_lists` for every token tile (4-row
     tiles, then a 1-row tile per leftover token), in parallel."""
@@ -112,24 +140,32 @@ def ffn_value_cpu(F: int, C: int, act_dtype: str, w_dtype: str, out_dtype: str):
     w_bytes = 4 if w_dtype == "float32" else 2
 
     def chunk_rows(nrows: int):
-        # decode / batches: one task per (token tile, chunk of f), whole rows of W (contiguous,
-        # C wide: streamed, unlike column segments of rows C apart) into a partial sum per chunk
+        # decode / batches: one task per (token tile, chunk of f), its chunk's nonzero list, then
+        # whole rows of W (contiguous, C wide: streamed, unlike column segments of rows C apart)
+        # into a partial sum per chunk
+        chunk_list = _chunk_list(F, FC, act_dtype, nrows)
+
         @T.macro
-        def body(x, w, part, idx, cst, tile, row0, k):
-            for r in T.unroll(nrows):
-                for cv in range(C // L):
-                    for lane in T.vectorized(L):
-                        part[tile, k, r, cv * L + lane] = T.float32(0)
-            for j in range(cst[tile, k], cst[tile, k + 1]):
-                f = idx[tile, j]
-                for cv in range(C // L):
-                    # the row ROW_AHEAD list entries on, one cache line per 64 bytes of this row
-                    if cv % (64 // (L * w_bytes)) == 0:
-                        _prefetch(w, idx[tile, T.min(j + ROW_AHEAD, cst[tile, NCH] - 1)], cv * L)
-                    for r in T.unroll(nrows):
+        def body(x, w, part, listed, tile, row0, k):
+            lst = T.alloc_buffer((FC,), "int32", scope="global")
+            n = T.alloc_buffer((1,), "int32", scope="global")
+            chunk_list(x, lst, n, row0, k)
+            listed[tile, k] = n[0]
+            if n[0] > 0:
+                for r in T.unroll(nrows):
+                    for cv in range(C // L):
                         for lane in T.vectorized(L):
-                            part[tile, k, r, cv * L + lane] = part[tile, k, r, cv * L + lane] + T.Cast(
-                                "float32", x[row0 + r, f]) * T.Cast("float32", w[f, cv * L + lane])
+                            part[tile, k, r, cv * L + lane] = T.float32(0)
+                for j in range(n[0]):
+                    f = lst[j]
+                    for cv in range(C // L):
+                        # the row ROW_AHEAD list entries on, one cache line per 64 bytes of this row
+                        if cv % (64 // (L * w_bytes)) == 0:
+                            _prefetch(w, lst[T.min(j + ROW_AHEAD, n[0] - 1)], cv * L)
+                        for r in T.unroll(nrows):
+                            for lane in T.vectorized(L):
+                                part[tile, k, r, cv * L + lane] = part[tile, k, r, cv * L + lane] + T.Cast(
+                                    "float32", x[row0 + r, f]) * T.Cast("float32", w[f, cv * L + lane])
         return body
 
     def panel_rows(nrows: int):
@@ -154,10 +190,11 @@ def ffn_value_cpu(F: int, C: int, act_dtype: str, w_dtype: str, out_dtype: str):
                             for lane in T.vectorized(L):
                                 acc[r, v, lane] = acc[r, v, lane] + T.Cast("float32", x[row0 + r, f]) * pan[
                                     f, v * L + lane]
-                for r in T.unroll(nrows):
-                    for v in T.unroll(CV):
-                        for lane in T.vectorized(L):
-                            tot[r, v, lane] = tot[r, v, lane] + acc[r, v, lane]
+                if cst[tile, k + 1] > cst[tile, k]:  # empty chunks add nothing, on both paths
+                    for r in T.unroll(nrows):
+                        for v in T.unroll(CV):
+                            for lane in T.vectorized(L):
+                                tot[r, v, lane] = tot[r, v, lane] + acc[r, v, lane]
             for r in T.unroll(nrows):
                 for v in T.unroll(CV):
                     for lane in T.vectorized(L):
@@ -173,11 +210,11 @@ def ffn_value_cpu(F: int, C: int, act_dtype: str, w_dtype: str, out_dtype: str):
         seq_len = T.int64()
         x = T.match_buffer(var_x, (seq_len, T.int64(F)), act_dtype)
         y = T.match_buffer(var_y, (seq_len, T.int64(C)), out_dtype)
-        idx = T.alloc_buffer((seq_len // R + seq_len % R, T.int64(F)), "int32")
-        cnt = T.alloc_buffer((seq_len // R + seq_len % R,), "int32")
-        cst = T.alloc_buffer((seq_len // R + seq_len % R, NCH + 1), "int32")
-        tile_lists(x, idx, cnt, cst, seq_len)
         if seq_len >= PANEL_MIN_ROWS:
+            idx = T.alloc_buffer((seq_len // R + seq_len % R, T.int64(F)), "int32")
+            cnt = T.alloc_buffer((seq_len // R + seq_len % R,), "int32")
+            cst = T.alloc_buffer((seq_len // R + seq_len % R, NCH + 1), "int32")
+            tile_lists(x, idx, cnt, cst, seq_len)
             # prefill: one task per column panel, copied (as fp32) into a contiguous scratch
             # that every token tile then sweeps from L2: W's rows are C apart, so reading the
             # panel in place costs a TLB miss per listed row, again for every token tile
@@ -194,13 +231,14 @@ def ffn_value_cpu(F: int, C: int, act_dtype: str, w_dtype: str, out_dtype: str):
                         one_p(x, pan, y, idx, cst, tile, seq_len // R * R + (tile - seq_len // R), ct)
         else:
             part = T.alloc_buffer((seq_len // R + seq_len % R, NCH, R, T.int64(C)), "float32")
+            listed = T.alloc_buffer((seq_len // R + seq_len % R, NCH), "int32")
             for task in T.parallel((seq_len // R + seq_len % R) * NCH):
                 tile = task // NCH
                 k = task % NCH
                 if tile < seq_len // R:
-                    four(x, w, part, idx, cst, tile, tile * R, k)
+                    four(x, w, part, listed, tile, tile * R, k)
                 else:
-                    one(x, w, part, idx, cst, tile, seq_len // R * R + (tile - seq_len // R), k)
+                    one(x, w, part, listed, tile, seq_len // R * R + (tile - seq_len // R), k)
             # the chunk partials, summed in chunk order (as the panel path does)
             for t in T.parallel(seq_len):
                 tot = T.alloc_buffer((T.int64(L),), "float32", scope="global")
@@ -208,11 +246,13 @@ def ffn_value_cpu(F: int, C: int, act_dtype: str, w_dtype: str, out_dtype: str):
                     for lane in T.vectorized(L):
                         tot[lane] = T.float32(0)
                     for k in range(NCH):
-                        for lane in T.vectorized(L):
-                            tot[lane] = tot[lane] + part[
-                                T.min(t // R, seq_len // R) + T.max(t - seq_len // R * R, 0)
-                                * T.Cast("int64", t >= seq_len // R * R), k,
-                                T.if_then_else(t < seq_len // R * R, t % R, 0), cv * L + lane]
+                        if listed[T.min(t // R, seq_len // R) + T.max(t - seq_len // R * R, 0)
+                                  * T.Cast("int64", t >= seq_len // R * R), k] > 0:
+                            for lane in T.vectorized(L):
+                                tot[lane] = tot[lane] + part[
+                                    T.min(t // R, seq_len // R) + T.max(t - seq_len // R * R, 0)
+                                    * T.Cast("int64", t >= seq_len // R * R), k,
+                                    T.if_then_else(t < seq_len // R * R, t % R, 0), cv * L + lane]
                     for lane in T.vectorized(L):
                         y[t, cv * L + lane] = T.Cast(out_dtype, tot[lane])
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 from ..quant_matmul.format import qmax
-from .cpu import PANEL_MIN_ROWS, TILE_ROWS, _prefetch, _tile_lists, n_chunks_of
+from .cpu import PANEL_MIN_ROWS, TILE_ROWS, _chunk_list, _prefetch, _tile_lists, n_chunks_of
 
 # decode: whole rows of q prefetched this many list entries ahead. A 4-bit row is 8x shorter than
 # a fp32 one (384 bytes at C = 768): 4 and 8 ahead were alike, 2 was 5-10% slower
@@ -61,15 +61,12 @@ def ffn_value_q_cpu(F: int, C: int, bits: int, group: int, act_dtype: str, out_d
         return acc * T.if_then_else(j == last, T.float32(1), T.reinterpret("float32", T.shift_left(
             T.uint32(127) - T.Cast("uint32", bits * j), T.uint32(23)))) - T.float32(qm) * off
 
-    bits_dtype = {"float32": "uint32", "float16": "uint16"}[act_dtype]
-    magnitude = {"float32": 0x7FFFFFFF, "float16": 0x7FFF}[act_dtype]
-
     def chunk_rows(nrows: int):
-        # decode / batches: the chunk's list of nonzero f (built here, in parallel: one list of
-        # all F on one core cost more than the rows at 90% zeros), then whole rows of q into
-        # per-lane partials, U rows at a time (the partials stay in registers across them: U FMAs
-        # per load and store, the same additions in the same order as one row at a time)
+        # decode / batches: the chunk's list of nonzero f, then whole rows of q into per-lane
+        # partials, U rows at a time (the partials stay in registers across them: U FMAs per load
+        # and store, the same additions in the same order as one row at a time)
         U = ROWS_PER_PASS if nrows == 1 else 1
+        chunk_list = _chunk_list(F, FC, act_dtype, nrows)
 
         def rows_pass(u_rows: int):
             @T.macro
@@ -101,18 +98,7 @@ def ffn_value_q_cpu(F: int, C: int, bits: int, group: int, act_dtype: str, out_d
         def body(x, q, scale, part, offp, listed, tile, row0, k):
             lst = T.alloc_buffer((FC,), "int32", scope="global")
             n = T.alloc_buffer((1,), "int32", scope="global")
-            hit = T.alloc_buffer((1,), "int32", scope="global")
-            n[0] = 0
-            for e in range(T.min(FC, F - k * FC)):
-                hit[0] = 0
-                for r in T.unroll(nrows):
-                    # nonzero = any bit but the sign (NaN counts, -0.0 does not), as _nonzero_lists
-                    if T.bitwise_and(T.reinterpret(bits_dtype, x[row0 + r, k * FC + e]),
-                                     T.Cast(bits_dtype, magnitude)) != T.Cast(bits_dtype, 0):
-                        hit[0] = 1
-                if hit[0] == 1:
-                    lst[n[0]] = k * FC + e
-                    n[0] = n[0] + 1
+            chunk_list(x, lst, n, row0, k)
             listed[tile, k] = n[0]
             if n[0] > 0:
                 xs = T.alloc_buffer((U, nrows, L), "float32", scope="global")
