@@ -139,6 +139,30 @@ def _q_gemv_cpu(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype
     return q_gemv
 
 
+def _quantize_groups(k: int, group: int, top: int, dtype: str):
+    """Macro ``(x, xl, gs)``: each group of ``group`` activations of x (1, k) as integers in
+    ``[-top, top]`` (``xl``, rounded half to even) times its scale ``gs[g] = max|x_g| / top``
+    (1 for an all-zero group), as ``quantize_activations`` in the package does."""
+    @T.macro
+    def quantize(x, xl, gs):
+        gmax = T.alloc_buffer((8,), "float32")
+        ginv = T.alloc_buffer((1,), "float32")
+        for g in range(k // group):
+            for lane in T.vectorized(8):
+                gmax[lane] = T.float32(0)
+            for c in range(group // 8):
+                for lane in T.vectorized(8):
+                    gmax[lane] = T.max(gmax[lane], T.fabs(T.Cast("float32", x[0, g * group + c * 8 + lane])))
+            for lane in range(1, 8):
+                gmax[0] = T.max(gmax[0], gmax[lane])
+            gs[g] = T.if_then_else(gmax[0] > T.float32(0), gmax[0] / T.float32(top), T.float32(1))
+            ginv[0] = T.if_then_else(gmax[0] > T.float32(0), T.float32(top) / gmax[0], T.float32(1))
+            for e in T.vectorized(group):
+                xl[g * group + e] = T.Cast(dtype, T.nearbyint(T.Cast("float32", x[0, g * group + e]) * ginv[0]))
+
+    return quantize
+
+
 # ---------------------------------------------------------------------------------------------
 # "avx2": int16 dot products (fp16 activations only)
 
@@ -167,6 +191,7 @@ def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_
     mask2 = (2 ** bits - 1) | ((2 ** bits - 1) << 16)
     G = k // group
     prefetch_ahead = _prefetch_ahead(n, L)
+    quantize_groups = _quantize_groups(k, group, 32767, "int16")
 
     @T.macro
     def rows_tile(ops, acc, part, row0, nrows):
@@ -199,25 +224,12 @@ def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_
                scale: T.Buffer((T.int64(n), T.int64(k // group)), act_dtype),
                y: T.Buffer((T.int64(1), T.int64(n)), out_dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        gmax = T.alloc_buffer((8,), "float32")
-        ginv = T.alloc_buffer((1,), "float32")
         gs = T.alloc_buffer((G,), "float32")
         xl = T.alloc_buffer((k,), "int16")  # quantized x, natural order
         xq = T.alloc_buffer((KB, P, 2 * L), "int16")  # ... in vpmaddwd order
         xc = T.alloc_buffer((KB, L), "int32")
         xs = T.alloc_buffer((KB, L), "float32")
-        for g in range(G):
-            for lane in T.vectorized(8):
-                gmax[lane] = T.float32(0)
-            for c in range(group // 8):
-                for lane in T.vectorized(8):
-                    gmax[lane] = T.max(gmax[lane], T.fabs(T.Cast("float32", x[0, g * group + c * 8 + lane])))
-            for lane in range(1, 8):
-                gmax[0] = T.max(gmax[0], gmax[lane])
-            gs[g] = T.if_then_else(gmax[0] > T.float32(0), gmax[0] / T.float32(32767), T.float32(1))
-            ginv[0] = T.if_then_else(gmax[0] > T.float32(0), T.float32(32767) / gmax[0], T.float32(1))
-            for e in T.vectorized(group):
-                xl[g * group + e] = T.Cast("int16", T.nearbyint(T.Cast("float32", x[0, g * group + e]) * ginv[0]))
+        quantize_groups(x, xl, gs)
         for kb in range(KB):
             for lane in range(L):
                 xs[kb, lane] = gs[(kb * L + lane) // wpg]
@@ -270,6 +282,7 @@ def _q_gemv_i8(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype:
     G = k // group
     lo4 = 0x0F0F0F0F
     prefetch_ahead = _prefetch_ahead(n, L)
+    quantize_groups = _quantize_groups(k, group, I8_MAX, "int8")
 
     def u8(word, shift: int, mask: int):  # 4 codes per lane, as the 32 unsigned bytes of a ymm
         w = word if shift == 0 else T.shift_right(word, T.Broadcast(T.uint32(shift), L))
@@ -327,25 +340,12 @@ def _q_gemv_i8(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype:
                scale: T.Buffer((T.int64(n), T.int64(k // group)), act_dtype),
                y: T.Buffer((T.int64(1), T.int64(n)), out_dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        gmax = T.alloc_buffer((8,), "float32")
-        ginv = T.alloc_buffer((1,), "float32")
         gs = T.alloc_buffer((G,), "float32")
         xl = T.alloc_buffer((k,), "int8")  # quantized x, natural order
         xq = T.alloc_buffer((KB, P, 4 * L), "int8")  # ... in byte-lane order
         xc = T.alloc_buffer((KB, L), "int32")
         xs = T.alloc_buffer((KB, L), "float32")
-        for g in range(G):
-            for lane in T.vectorized(8):
-                gmax[lane] = T.float32(0)
-            for c in range(group // 8):
-                for lane in T.vectorized(8):
-                    gmax[lane] = T.max(gmax[lane], T.fabs(T.Cast("float32", x[0, g * group + c * 8 + lane])))
-            for lane in range(1, 8):
-                gmax[0] = T.max(gmax[0], gmax[lane])
-            gs[g] = T.if_then_else(gmax[0] > T.float32(0), gmax[0] / T.float32(I8_MAX), T.float32(1))
-            ginv[0] = T.if_then_else(gmax[0] > T.float32(0), T.float32(I8_MAX) / gmax[0], T.float32(1))
-            for e in T.vectorized(group):
-                xl[g * group + e] = T.Cast("int8", T.nearbyint(T.Cast("float32", x[0, g * group + e]) * ginv[0]))
+        quantize_groups(x, xl, gs)
         for kb in range(KB):
             for lane in range(L):
                 xs[kb, lane] = gs[(kb * L + lane) // wpg]
