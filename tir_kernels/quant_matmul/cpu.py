@@ -163,35 +163,29 @@ def _quantize_groups(k: int, group: int, top: int, dtype: str):
     return quantize
 
 
-# ---------------------------------------------------------------------------------------------
-# "avx2": int16 dot products (fp16 activations only)
+def _q_gemv_integer(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype: str,
+                    act_int: str, dot_for):
+    """The integer-dot decode GEMV shared by the "avx2" (int16) and "int8_*" forms.
 
-
-def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype: str):
-    """The decode GEMV on ``vpmaddwd`` (16 int16 products, summed in pairs, per instruction).
-
-    Each group of ``group`` activations is quantized to int16 with its own scale
-    (``max|x_g| / 32767``): a per-element error of at most 2**-16 of the group's largest value,
-    1/16 of what rounding that value to fp16 already costs -- hence fp16 activations only; the
-    fp32 modes keep the exact "cpu" form. One AND with ``mask | mask << 16`` leaves two codes in
-    the int16 halves of every word (codes p and p + per_word/2); ``vpmaddwd`` against the
-    matching activation pairs gives ``c_p x_p + c_{p+P} x_{p+P}`` per word, so a 64-code block of
-    one row costs 4 AND + 3 shifts + 4 multiply-adds + 4 integer adds, against 8 AND + 8
-    converts + 8 FMAs in the "cpu" form. The integer sums (< 2**26) are exact; per word they are
-    converted once and scaled by (weight scale x activation scale). ``- qmax * sum x`` is an
-    integer start value, as in the "cpu" form.
-    """
+    Activations are quantized per group (``_quantize_groups``, top code 32767 or 127) and laid out
+    to match the weight words: a word (one int32 lane, ``L`` per vector) is read in ``P`` passes,
+    pass p leaving ``per_lane`` codes in the lane's int16 halves or bytes, code ``h * P + p`` in
+    slot h; ``dot_for(L, P)`` is a macro ``(q, xq, part, r, row0, kb)`` adding a row's integer
+    products for word block kb to ``part[r]`` (int32 per lane). ``- qmax * sum x`` is the
+    integer start value; per word the exact sum is converted once and scaled by (weight scale x
+    activation scale)."""
+    per_lane = {"int16": 2, "int8": 4}[act_int]
     per_word = 32 // bits
     words = k // per_word
-    L = 8  # words (int32 lanes) per vector = 16 int16 lanes
+    L = 8  # words (int32 lanes) per vector: a ymm
     KB = words // L
     wpg = group // per_word
-    P = per_word // 2  # passes; pass p yields codes p (low half) and p + P (high half) of a word
+    P = per_word // per_lane
     qm = qmax(bits)
-    mask2 = (2 ** bits - 1) | ((2 ** bits - 1) << 16)
     G = k // group
     prefetch_ahead = _prefetch_ahead(n, L)
-    quantize_groups = _quantize_groups(k, group, 32767, "int16")
+    quantize_groups = _quantize_groups(k, group, {"int16": 32767, "int8": I8_MAX}[act_int], act_int)
+    dot = dot_for(L, P)
 
     @T.macro
     def rows_tile(ops, acc, part, row0, nrows):
@@ -202,15 +196,8 @@ def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_
             prefetch_ahead(q, row0, nrows, kb)
             for r in T.unroll(nrows):
                 part[r, T.Ramp(0, 1, L)] = xc[kb, T.Ramp(0, 1, L)]
-            for p in T.unroll(P):
-                for r in T.unroll(nrows):
-                    part[r, T.Ramp(0, 1, L)] = part[r, T.Ramp(0, 1, L)] + T.call_llvm_pure_intrin(
-                        "int32x8", "llvm.x86.avx2.pmadd.wd",
-                        T.reinterpret("int16x16", T.bitwise_and(
-                            T.shift_right(q[row0 + r, T.Ramp(kb * L, 1, L)],
-                                          T.Broadcast(T.Cast("uint32", bits * p), L)),
-                            T.Broadcast(T.uint32(mask2), L))),
-                        xq[kb, p, T.Ramp(0, 1, 2 * L)])
+            for r in T.unroll(nrows):
+                dot(q, xq, part, r, row0, kb)
             for r in T.unroll(nrows):
                 for lane in T.vectorized(L):
                     acc[r, lane] = acc[r, lane] + T.Cast("float32", part[r, lane]) * (
@@ -225,8 +212,8 @@ def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_
                y: T.Buffer((T.int64(1), T.int64(n)), out_dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         gs = T.alloc_buffer((G,), "float32")
-        xl = T.alloc_buffer((k,), "int16")  # quantized x, natural order
-        xq = T.alloc_buffer((KB, P, 2 * L), "int16")  # ... in vpmaddwd order
+        xl = T.alloc_buffer((k,), act_int)  # quantized x, natural order
+        xq = T.alloc_buffer((KB, P, per_lane * L), act_int)  # ... in the order of the passes' slots
         xc = T.alloc_buffer((KB, L), "int32")
         xs = T.alloc_buffer((KB, L), "float32")
         quantize_groups(x, xl, gs)
@@ -235,12 +222,46 @@ def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_
                 xs[kb, lane] = gs[(kb * L + lane) // wpg]
                 xc[kb, lane] = 0
                 for p in T.unroll(P):
-                    for h in T.unroll(2):
-                        xq[kb, p, 2 * lane + h] = xl[(kb * L + lane) * per_word + p + h * P]
-                        xc[kb, lane] = xc[kb, lane] - qm * T.Cast("int32", xl[(kb * L + lane) * per_word + p + h * P])
+                    for h in T.unroll(per_lane):
+                        xq[kb, p, per_lane * lane + h] = xl[(kb * L + lane) * per_word + h * P + p]
+                        xc[kb, lane] = xc[kb, lane] - qm * T.Cast("int32", xl[(kb * L + lane) * per_word + h * P + p])
         over_row_tiles((q, scale, xq, xc, xs), y)
 
     return q_gemv
+
+
+# ---------------------------------------------------------------------------------------------
+# "avx2": int16 dot products (fp16 activations only)
+
+
+def _q_gemv_avx2_i16(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype: str):
+    """The decode GEMV on ``vpmaddwd`` (16 int16 products, summed in pairs, per instruction).
+
+    Each group of ``group`` activations is quantized to int16 with its own scale
+    (``max|x_g| / 32767``): a per-element error of at most 2**-16 of the group's largest value,
+    1/16 of what rounding that value to fp16 already costs -- hence fp16 activations only; the
+    fp32 modes keep the exact "cpu" form. One AND with ``mask | mask << 16`` leaves two codes in
+    the int16 halves of every word (codes p and p + per_word/2); ``vpmaddwd`` against the
+    matching activation pairs gives ``c_p x_p + c_{p+P} x_{p+P}`` per word, so a 64-code block of
+    one row costs 4 AND + 3 shifts + 4 multiply-adds + 4 integer adds, against 8 AND + 8
+    converts + 8 FMAs in the "cpu" form. The integer sums (< 2**26) are exact.
+    """
+    mask2 = (2 ** bits - 1) | ((2 ** bits - 1) << 16)
+
+    def dot_for(L: int, P: int):
+        @T.macro
+        def dot(q, xq, part, r, row0, kb):
+            for p in T.unroll(P):
+                part[r, T.Ramp(0, 1, L)] = part[r, T.Ramp(0, 1, L)] + T.call_llvm_pure_intrin(
+                    f"int32x{L}", "llvm.x86.avx2.pmadd.wd",
+                    T.reinterpret(f"int16x{2 * L}", T.bitwise_and(
+                        T.shift_right(q[row0 + r, T.Ramp(kb * L, 1, L)],
+                                      T.Broadcast(T.Cast("uint32", bits * p), L)),
+                        T.Broadcast(T.uint32(mask2), L))),
+                    xq[kb, p, T.Ramp(0, 1, 2 * L)])
+        return dot
+
+    return _q_gemv_integer(n, k, bits, group, act_dtype, out_dtype, "int16", dot_for)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,90 +291,42 @@ def _q_gemv_i8(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype:
     Integer sums are exact; per word they are converted once and scaled by (weight scale x
     activation scale), and ``- qmax * sum x`` is an integer start value, as in the int16 form.
     """
-    per_word = 32 // bits
-    words = k // per_word
-    # words (int32 lanes) per vector: a ymm. zmm (vpdpbusd.512) measured 3x slower at 4 bits
-    # (6.7 vs 19.8 GB/s at 768 x 768) and equal at 8 bits
-    L = 8
-    KB = words // L
-    wpg = group // per_word
-    P = per_word // 4  # passes over a word's bytes: 2 at 4 bits, 1 at 8 bits
-    qm = qmax(bits)
-    G = k // group
     lo4 = 0x0F0F0F0F
-    prefetch_ahead = _prefetch_ahead(n, L)
-    quantize_groups = _quantize_groups(k, group, I8_MAX, "int8")
 
-    def u8(word, shift: int, mask: int):  # 4 codes per lane, as the 32 unsigned bytes of a ymm
-        w = word if shift == 0 else T.shift_right(word, T.Broadcast(T.uint32(shift), L))
-        return T.reinterpret(f"int8x{4 * L}", w if mask == 0xFFFFFFFF else T.bitwise_and(w, T.Broadcast(T.uint32(mask), L)))
+    def dot_for(L: int, P: int):
+        def u8(word, shift: int, mask: int):  # 4 codes per lane, as the unsigned bytes of a vector
+            w = word if shift == 0 else T.shift_right(word, T.Broadcast(T.uint32(shift), L))
+            return T.reinterpret(f"int8x{4 * L}",
+                                 w if mask == 0xFFFFFFFF else T.bitwise_and(w, T.Broadcast(T.uint32(mask), L)))
 
-    def maddubs(a, b):
-        return T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", a, b)
+        def maddubs(a, b):
+            return T.call_llvm_pure_intrin(f"int16x{2 * L}", "llvm.x86.avx2.pmadd.ub.sw", a, b)
 
-    def maddwd(a, c: int):
-        return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", a, T.Broadcast(T.int16(c), 2 * L))
+        def maddwd(a, c: int):
+            return T.call_llvm_pure_intrin(f"int32x{L}", "llvm.x86.avx2.pmadd.wd", a, T.Broadcast(T.int16(c), 2 * L))
 
-    @T.macro
-    def dot_vnni(q, xq, part, r, row0, kb):
-        for p in T.unroll(P):
-            part[r, T.Ramp(0, 1, L)] = T.call_llvm_pure_intrin(
-                f"int32x{L}", f"llvm.x86.avx512.vpdpbusd.{32 * L}", part[r, T.Ramp(0, 1, L)],
-                u8(q[row0 + r, T.Ramp(kb * L, 1, L)], bits * p, lo4 if bits == 4 else 0xFFFFFFFF),
-                xq[kb, p, T.Ramp(0, 1, 4 * L)])
+        @T.macro
+        def dot_vnni(q, xq, part, r, row0, kb):
+            for p in T.unroll(P):
+                part[r, T.Ramp(0, 1, L)] = T.call_llvm_pure_intrin(
+                    f"int32x{L}", f"llvm.x86.avx512.vpdpbusd.{32 * L}", part[r, T.Ramp(0, 1, L)],
+                    u8(q[row0 + r, T.Ramp(kb * L, 1, L)], bits * p, lo4 if bits == 4 else 0xFFFFFFFF),
+                    xq[kb, p, T.Ramp(0, 1, 4 * L)])
 
-    @T.macro
-    def dot_avx2_4bit(q, xq, part, r, row0, kb):
-        part[r, T.Ramp(0, 1, L)] = part[r, T.Ramp(0, 1, L)] + maddwd(
-            maddubs(u8(q[row0 + r, T.Ramp(kb * L, 1, L)], 0, lo4), xq[kb, 0, T.Ramp(0, 1, 4 * L)])
-            + maddubs(u8(q[row0 + r, T.Ramp(kb * L, 1, L)], 4, lo4), xq[kb, 1, T.Ramp(0, 1, 4 * L)]), 1)
+        @T.macro
+        def dot_avx2_4bit(q, xq, part, r, row0, kb):
+            part[r, T.Ramp(0, 1, L)] = part[r, T.Ramp(0, 1, L)] + maddwd(
+                maddubs(u8(q[row0 + r, T.Ramp(kb * L, 1, L)], 0, lo4), xq[kb, 0, T.Ramp(0, 1, 4 * L)])
+                + maddubs(u8(q[row0 + r, T.Ramp(kb * L, 1, L)], 4, lo4), xq[kb, 1, T.Ramp(0, 1, 4 * L)]), 1)
 
-    @T.macro
-    def dot_avx2_8bit(q, xq, part, r, row0, kb):
-        part[r, T.Ramp(0, 1, L)] = part[r, T.Ramp(0, 1, L)] + maddwd(
-            maddubs(u8(q[row0 + r, T.Ramp(kb * L, 1, L)], 0, lo4), xq[kb, 0, T.Ramp(0, 1, 4 * L)]), 1) + maddwd(
-            maddubs(u8(q[row0 + r, T.Ramp(kb * L, 1, L)], 4, lo4), xq[kb, 0, T.Ramp(0, 1, 4 * L)]), 16)
+        @T.macro
+        def dot_avx2_8bit(q, xq, part, r, row0, kb):
+            part[r, T.Ramp(0, 1, L)] = part[r, T.Ramp(0, 1, L)] + maddwd(
+                maddubs(u8(q[row0 + r, T.Ramp(kb * L, 1, L)], 0, lo4), xq[kb, 0, T.Ramp(0, 1, 4 * L)]), 1) + maddwd(
+                maddubs(u8(q[row0 + r, T.Ramp(kb * L, 1, L)], 4, lo4), xq[kb, 0, T.Ramp(0, 1, 4 * L)]), 16)
 
-    dot = dot_vnni if vnni else (dot_avx2_4bit if bits == 4 else dot_avx2_8bit)
+        return dot_vnni if vnni else (dot_avx2_4bit if bits == 4 else dot_avx2_8bit)
 
-    @T.macro
-    def rows_tile(ops, acc, part, row0, nrows):
-        q, scale, xq, xc, xs = ops
-        for r in T.unroll(nrows):
-            acc[r, T.Ramp(0, 1, L)] = T.Broadcast(T.float32(0), L)
-        for kb in range(KB):
-            prefetch_ahead(q, row0, nrows, kb)
-            for r in T.unroll(nrows):
-                part[r, T.Ramp(0, 1, L)] = xc[kb, T.Ramp(0, 1, L)]
-            for r in T.unroll(nrows):
-                dot(q, xq, part, r, row0, kb)
-            for r in T.unroll(nrows):
-                for lane in T.vectorized(L):
-                    acc[r, lane] = acc[r, lane] + T.Cast("float32", part[r, lane]) * (
-                        T.Cast("float32", scale[row0 + r, (kb * L + lane) // wpg]) * xs[kb, lane])
-
-    over_row_tiles = _over_row_tiles(rows_tile, n, L, "int32", out_dtype)
-
-    @T.prim_func(private=True)
-    def q_gemv(x: T.Buffer((T.int64(1), T.int64(k)), act_dtype),
-               q: T.Buffer((T.int64(n), T.int64(words)), "uint32"),
-               scale: T.Buffer((T.int64(n), T.int64(k // group)), act_dtype),
-               y: T.Buffer((T.int64(1), T.int64(n)), out_dtype)):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        gs = T.alloc_buffer((G,), "float32")
-        xl = T.alloc_buffer((k,), "int8")  # quantized x, natural order
-        xq = T.alloc_buffer((KB, P, 4 * L), "int8")  # ... in byte-lane order
-        xc = T.alloc_buffer((KB, L), "int32")
-        xs = T.alloc_buffer((KB, L), "float32")
-        quantize_groups(x, xl, gs)
-        for kb in range(KB):
-            for lane in range(L):
-                xs[kb, lane] = gs[(kb * L + lane) // wpg]
-                xc[kb, lane] = 0
-                for p in T.unroll(P):
-                    for b in T.unroll(4):
-                        xq[kb, p, 4 * lane + b] = xl[(kb * L + lane) * per_word + b * P + p]
-                        xc[kb, lane] = xc[kb, lane] - qm * T.Cast("int32", xl[(kb * L + lane) * per_word + b * P + p])
-        over_row_tiles((q, scale, xq, xc, xs), y)
-
-    return q_gemv
+    # a ymm: zmm (vpdpbusd.512) measured 3x slower at 4 bits (6.7 vs 19.8 GB/s at 768 x 768) and
+    # equal at 8 bits
+    return _q_gemv_integer(n, k, bits, group, act_dtype, out_dtype, "int8", dot_for)
