@@ -15,7 +15,13 @@ from tvm.s_tir import dlight as dl
 from rwkv_relax.quantization import group_quant as gq
 from tir_kernels import kernel, retarget
 from tir_kernels.quant_matmul import (
-    q_gemv, q_gemv_i8_numpy, q_gemv_i16_numpy, q_matmul_numpy, quantize_activations_i8, quantize_activations_i16)
+    q_gemv,
+    q_gemv_i8_numpy,
+    q_gemv_i16_numpy,
+    q_matmul_numpy,
+    quantize_activations_i8,
+    quantize_activations_i16,
+)
 
 # fp32 out: only the summation order differs from the float64 twin (measured ~2e-7 of max |y|)
 RTOL = {"float32": 2e-6, "float16": 1e-3}  # fp16: one output rounding, 2**-11 relative

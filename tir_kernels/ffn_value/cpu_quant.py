@@ -207,7 +207,8 @@ def ffn_value_q_cpu(F: int, C: int, bits: int, group: int, act_dtype: str, out_d
             for task in T.parallel(seq_len * CTN):
                 t = task // CTN
                 ct = task % CTN
-                tile = T.min(t // R, seq_len // R) + T.max(t - seq_len // R * R, 0) * T.Cast("int64", t >= seq_len // R * R)
+                tile = T.min(t // R, seq_len // R) + T.max(t - seq_len // R * R, 0) * T.Cast(
+                    "int64", t >= seq_len // R * R)
                 r = T.if_then_else(t < seq_len // R * R, t % R, 0)
                 tot = T.alloc_buffer((per_word, L), "float32", scope="global")
                 for j in T.unroll(per_word):
