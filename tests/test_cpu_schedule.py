@@ -239,13 +239,8 @@ def test_one_row_gemv_prefetches_the_row_tiles_ahead(dtype, rng):
     np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("dtype,K", [("float16", 256), ("float16", 192), ("float32", 256)])
-def test_prefill_copies_w_once_per_task_packed_and_sums_lanes_by_halving(dtype, K, rng):
-    """Float x and W, symbolic T: fp16 x is widened in its padded copy and (from K = 256) W is
-    copied once per task into an fp32 block packed by register tile, so the FMA loop reads fp32
-    only (no conversion per load); the lane sums are halving steps, vectorised. Numerics for
-    T = 1, 5, 17 against float64 sums of the same values."""
-    N = 96
+def _nt_matmul(dtype: str, K: int, N: int):
+    """The scheduled ``y (T, N) = x (T, K) @ w (N, K).T`` (fp32 sums), T symbolic."""
     T = tvm.tirx.Var("T", "int64")
     x = te.placeholder((T, K), dtype, name="x")
     w = te.placeholder((N, K), dtype, name="w")
@@ -254,6 +249,28 @@ def test_prefill_copies_w_once_per_task_packed_and_sums_lanes_by_halving(dtype, 
                    name="NT_matmul")
     sch = NTMatmulCPU().apply(te.create_prim_func([x, w, y]), TARGET, False)
     assert sch is not None
+    return sch
+
+
+def _check_rows_against_float64(sch, dtype: str, K: int, N: int, rng):
+    lib = compile_func(sch.mod["main"], TARGET, "main")
+    wa = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(dtype)
+    for rows in (1, 5, 17):
+        xa = rng.standard_normal((rows, K)).astype(dtype)
+        out = tvm.runtime.empty((rows, N), "float32", tvm.cpu())
+        lib["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(wa), out)
+        ref = xa.astype(np.float64) @ wa.astype(np.float64).T
+        np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("dtype,K", [("float16", 256), ("float16", 192), ("float32", 256)])
+def test_prefill_copies_w_once_per_task_packed_and_sums_lanes_by_halving(dtype, K, rng):
+    """Float x and W, symbolic T: fp16 x is widened in its padded copy and (from K = 256) W is
+    copied once per task into an fp32 block packed by register tile, so the FMA loop reads fp32
+    only (no conversion per load); the lane sums are halving steps, vectorised. Numerics for
+    T = 1, 5, 17 against float64 sums of the same values."""
+    N = 96
+    sch = _nt_matmul(dtype, K, N)
     update = sch.get(sch.get_sblock("NT_matmul_rf_update"))
     read_dtypes = sorted(str(rd.source.dtype) for rd in update.reads)  # accumulators, x, W
     assert read_dtypes == (["float32"] * 3 if K >= 256 or dtype == "float32" else ["float16", "float32", "float32"])
@@ -267,14 +284,7 @@ def test_prefill_copies_w_once_per_task_packed_and_sums_lanes_by_halving(dtype, 
     lanes = simd_lanes(TARGET)
     for half in (lanes // 2, lanes // 4, 2):
         assert re.search(rf"T\.vectorized\((T\.int64\()?{half}\)", script), half
-    lib = compile_func(sch.mod["main"], TARGET, "main")
-    wa = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(dtype)
-    for rows in (1, 5, 17):
-        xa = rng.standard_normal((rows, K)).astype(dtype)
-        out = tvm.runtime.empty((rows, N), "float32", tvm.cpu())
-        lib["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(wa), out)
-        ref = xa.astype(np.float64) @ wa.astype(np.float64).T
-        np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    _check_rows_against_float64(sch, dtype, K, N, rng)
 
 
 @pytest.mark.parametrize("dtype,K", [("float16", 64), ("float32", 40), ("float32", 160)])
@@ -285,14 +295,7 @@ def test_short_reductions_vectorise_along_n(dtype, K, rng):
     from rwkv_relax.targets.cpu.matmul import SMALL_K
     assert K <= SMALL_K
     N = 192
-    T = tvm.tirx.Var("T", "int64")
-    x = te.placeholder((T, K), dtype, name="x")
-    w = te.placeholder((N, K), dtype, name="w")
-    r = te.reduce_axis((0, K), name="k")
-    y = te.compute((T, N), lambda i, j: te.sum(x[i, r].astype("float32") * w[j, r].astype("float32"), axis=r),
-                   name="NT_matmul")
-    sch = NTMatmulCPU().apply(te.create_prim_func([x, w, y]), TARGET, False)
-    assert sch is not None
+    sch = _nt_matmul(dtype, K, N)
     script = sch.mod["main"].script()
     assert "_rf" not in script  # no rfactor, no lane sums
     update = sch.get(sch.get_sblock("NT_matmul_update"))
@@ -301,14 +304,7 @@ def test_short_reductions_vectorise_along_n(dtype, K, rng):
     lanes = simd_lanes(TARGET)
     assert len(w_copy.shape) == 3 and int(w_copy.shape[1]) == K and int(w_copy.shape[2]) % lanes == 0
     assert re.search(rf"T\.vectorized\((T\.int64\()?{lanes}\)", script)
-    lib = compile_func(sch.mod["main"], TARGET, "main")
-    wa = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(dtype)
-    for rows in (1, 5, 17):
-        xa = rng.standard_normal((rows, K)).astype(dtype)
-        out = tvm.runtime.empty((rows, N), "float32", tvm.cpu())
-        lib["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(wa), out)
-        ref = xa.astype(np.float64) @ wa.astype(np.float64).T
-        np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    _check_rows_against_float64(sch, dtype, K, N, rng)
 
 
 def test_gemm_tile_fits_the_register_file():

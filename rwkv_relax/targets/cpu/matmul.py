@@ -166,6 +166,23 @@ def _const(e) -> int | None:
     return int(e) if isinstance(e, (int, tirx.IntImm)) else None
 
 
+def _matched(sch: s_tir.Schedule):
+    """(main block, pattern, its iter extents, n, k, m extents) when ``sch``'s function is one NT
+    matmul (plus spatial blocks) with static n and k, else None."""
+    infos = normalize_prim_func(sch)
+    if infos is None or sum(b.is_reduction() for b in infos) != 1:
+        return None
+    main = next(b for b in infos if b.is_reduction())
+    pattern = match_nt_matmul(sch, main)
+    if pattern is None:
+        return None
+    ext = [it.dom for it in main.iters]
+    n, k = _const(ext[pattern.n_iter]), _const(ext[pattern.k_iter])
+    if n is None or k is None:
+        return None
+    return main.block_rv, pattern, ext, n, k, [_const(ext[i]) for i in pattern.m_iters]
+
+
 # --------------------------------------------------------------------------------------------
 # The rule
 # --------------------------------------------------------------------------------------------
@@ -203,20 +220,13 @@ class NTMatmulCPU(dl.ScheduleRule):
         weights are contiguous, and every x[m, k] is broadcast against them: rows x V vector
         accumulators in registers, no lane sums."""
         sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None or sum(b.is_reduction() for b in infos) != 1:
+        found = _matched(sch)
+        if found is None:
             return None
-        main = next(b for b in infos if b.is_reduction())
-        pattern = match_nt_matmul(sch, main)
-        if pattern is None or not pattern.m_iters:
-            return None
-        ext = [it.dom for it in main.iters]
-        n, k = _const(ext[pattern.n_iter]), _const(ext[pattern.k_iter])
-        m_ext = [_const(ext[i]) for i in pattern.m_iters]
+        main_rv, pattern, ext, n, k, m_ext = found
         lanes = simd_lanes(target)
-        if n is None or k is None or k > SMALL_K or n % lanes or (m_ext[-1] is not None and m_ext[-1] < 4):
+        if not pattern.m_iters or k > SMALL_K or n % lanes or (m_ext[-1] is not None and m_ext[-1] < 4):
             return None
-        main_rv = main.block_rv
         if _dequantize_producer(sch, main_rv) is not None:
             return None
         rows = 4
@@ -272,22 +282,13 @@ class NTMatmulCPU(dl.ScheduleRule):
 
     def _apply(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None or sum(b.is_reduction() for b in infos) != 1:
+        found = _matched(sch)
+        if found is None:
             return None
-        main = next(b for b in infos if b.is_reduction())
-        pattern = match_nt_matmul(sch, main)
-        if pattern is None:
-            return None
-        ext = [it.dom for it in main.iters]
-        n, k = _const(ext[pattern.n_iter]), _const(ext[pattern.k_iter])
-        m_ext = [_const(ext[i]) for i in pattern.m_iters]
-        if n is None or k is None:
-            return None
+        main_rv, pattern, ext, n, k, m_ext = found
         tile = self.tile or choose_tile(None if None in m_ext else math.prod(m_ext), n, k, target)
         if tile is None or n % tile.cols or k % tile.lanes:
             return None
-        main_rv = main.block_rv
 
         # Row tile: the innermost m iter; other m iters (a unit batch dim) stay outer loops.
         # Padding comes first, while every read is still a plain buffer[i, k] (pad_einsum's
