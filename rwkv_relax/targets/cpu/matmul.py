@@ -73,6 +73,11 @@ def simd_lanes(target: Target) -> int:
     return 4
 
 
+def simd_registers(lanes: int) -> int:
+    """Vector registers: zmm0-31 with AVX-512 (16 fp32 lanes), else 16 (ymm / xmm)."""
+    return 32 if lanes == 16 else 16
+
+
 def _largest_divisor(n: int, at_most: int) -> int:
     return next(d for d in range(min(n, at_most), 0, -1) if n % d == 0)
 
@@ -85,7 +90,7 @@ def choose_tile(m: int | None, n: int, k: int, target: Target) -> Tile | None:
         lanes //= 2
     if lanes < 4:
         return None
-    n_regs = 32 if lanes == 16 else 16  # zmm0-31 with AVX-512, ymm0-15 / xmm0-15 otherwise
+    n_regs = simd_registers(lanes)
     if m == 1:
         # GEMV: bandwidth bound; 8 weight rows share each x load and give 8 independent FMA chains
         return Tile(1, _largest_divisor(n, 8), lanes)
@@ -230,8 +235,8 @@ class NTMatmulCPU(dl.ScheduleRule):
         if _dequantize_producer(sch, main_rv) is not None:
             return None
         rows = 4
-        n_regs = 32 if lanes == 16 else 16
-        V = _largest_divisor(n // lanes, (n_regs - 1) // (rows + 1))  # rows*V acc + V W + 1 x
+        # rows*V accumulators + V W vectors + one x broadcast, as choose_tile's bound
+        V = _largest_divisor(n // lanes, (simd_registers(lanes) - 1) // (rows + 1))
         C = V * lanes
         row_iter = pattern.m_iters[-1]
         copies = []
@@ -240,16 +245,7 @@ class NTMatmulCPU(dl.ScheduleRule):
         wcopy = _weight_copy(sch, main_rv)
         if wcopy is None:
             return None
-        widened = set()
-        for copy in copies + [wcopy]:
-            widened |= _widen_to_fp32(sch, copy)
-        keep = {sch.get(b).name_hint for b in [main_rv, *copies, wcopy]}
-        _inline_spatial(sch, keep)
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        names = [sch.get(b).name_hint for b in blocks]
-        tail = blocks[names.index(sch.get(main_rv).name_hint) + 1:]
-        for copy in copies:
-            _parallel_vectorized(sch, copy, lanes)
+        tail, widened = _around_the_matmul(sch, main_rv, copies, wcopy, lanes)
         loops = sch.get_loops(main_rv)
         sch.reorder(*[loops[i] for i in pattern.m_iters], loops[pattern.n_iter], loops[pattern.k_iter])
         *outer, row, col, kk = sch.get_loops(main_rv)
@@ -268,15 +264,7 @@ class NTMatmulCPU(dl.ScheduleRule):
         sch.unroll(col_v)
         sch.vectorize(col_l)
         sch.parallel(par)
-        for blk in tail:
-            try:
-                sch.reverse_compute_at(blk, par)
-            except RuntimeError:
-                break
-            inner = sch.get_loops(blk)[-1]
-            inner_ext = _const(sch.get(inner).extent)
-            if inner_ext is not None and inner_ext % lanes == 0:
-                sch.vectorize(sch.split(inner, [None, lanes])[1])
+        _epilogue_at(sch, tail, par, lanes)
         sch.decompose_reduction(main_rv, kk)
         return _without_round_trips(sch, widened) if widened else sch
 
@@ -306,20 +294,9 @@ class NTMatmulCPU(dl.ScheduleRule):
         # per task into a fp32 scratch block of W rows that every row tile then reuses. Inlined,
         # it would unpack each weight again for every 4 tokens.
         deq = _dequantize_producer(sch, main_rv) if row_iter is not None else None
-        widened = set()  # fp32 copies of fp16 values, read back without a round trip (below)
-        if row_iter is not None:
-            if deq is None and k >= MIN_COPY_K:
-                deq = _weight_copy(sch, main_rv)
-            for copy in copies + ([deq] if deq is not None else []):
-                widened |= _widen_to_fp32(sch, copy)
-        keep = {sch.get(b).name_hint for b in [main_rv, *copies] + ([deq] if deq else [])}
-        _inline_spatial(sch, keep)
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        names = [sch.get(b).name_hint for b in blocks]
-        pos = names.index(sch.get(main_rv).name_hint)
-        tail = blocks[pos + 1:]  # consumers, in dataflow order
-        for copy in copies:
-            _parallel_vectorized(sch, copy, tile.lanes)
+        if row_iter is not None and deq is None and k >= MIN_COPY_K:
+            deq = _weight_copy(sch, main_rv)
+        tail, widened = _around_the_matmul(sch, main_rv, copies, deq, tile.lanes)
 
         loops = sch.get_loops(main_rv)
         sch.reorder(*[loops[i] for i in pattern.m_iters], loops[pattern.n_iter], loops[pattern.k_iter])
@@ -375,19 +352,11 @@ class NTMatmulCPU(dl.ScheduleRule):
             sch.vectorize(lo)
             sch.set_scope(blk, 0, "local")
         sch.reverse_compute_at(main_rv, col_oi)
-        # a GEMM's epilogue runs per task, over rows x (per_task * cols) outputs, so that its last
-        # axis vectorises (fast_math's exp and sigmoid are 16 lanes at a time, not 24 scalars)
-        tail_at = par if row is not None else col_oi
-        for blk in tail:
-            try:
-                sch.reverse_compute_at(blk, tail_at)
-            except RuntimeError:
-                break  # not tileable (reads other outputs): it and the rest stay whole-tensor loops
-            if tail_at.same_as(par):
-                inner = sch.get_loops(blk)[-1]
-                ext = _const(sch.get(inner).extent)
-                if ext is not None and ext % tile.lanes == 0:
-                    sch.vectorize(sch.split(inner, [None, tile.lanes])[1])
+        # a GEMM's epilogue runs per task, over rows x (per_task * cols) outputs; a GEMV's per tile
+        if row is not None:
+            _epilogue_at(sch, tail, par, tile.lanes)
+        else:
+            _epilogue_at(sch, tail, col_oi, None)
         sch.decompose_reduction(rf, ko)
         if prefetch is not None:
             return _with_prefetch(sch, *prefetch, tile)
@@ -587,6 +556,42 @@ def _inline_spatial(sch: s_tir.Schedule, keep: set) -> None:
                 break
             if progress:
                 break
+
+
+def _around_the_matmul(sch: s_tir.Schedule, main_rv, copies: list, w_block, lanes: int) -> tuple[list, set]:
+    """The blocks around the reduction, as both forms want them: the padded x copies and the W
+    block (a copy or a dequantize, or None) stay blocks, fp16 ones stored as fp32; every other
+    spatial block is inlined (prologues into the x loads, the padded output's writeback into its
+    epilogue); the x copies run parallel and vectorised. Returns (the consumers left after the
+    reduction, in dataflow order; the names of the widened buffers, for _without_round_trips)."""
+    stay = copies + ([w_block] if w_block is not None else [])
+    widened = set()
+    for block in stay:
+        widened |= _widen_to_fp32(sch, block)
+    _inline_spatial(sch, {sch.get(b).name_hint for b in [main_rv, *stay]})
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    tail = blocks[names.index(sch.get(main_rv).name_hint) + 1:]
+    for copy in copies:
+        _parallel_vectorized(sch, copy, lanes)
+    return tail, widened
+
+
+def _epilogue_at(sch: s_tir.Schedule, tail: list, loop, lanes: int | None) -> None:
+    """Compute the epilogue blocks ``tail`` under ``loop``, while their inputs are hot; with
+    ``lanes``, their last axis vectorised (a GEMM's task covers whole rows of outputs, so
+    fast_math's exp and sigmoid run 16 lanes at a time, not 24 scalars). The first block that
+    cannot move (it reads other outputs) stays a whole-tensor loop, with the rest after it."""
+    for blk in tail:
+        try:
+            sch.reverse_compute_at(blk, loop)
+        except RuntimeError:
+            return
+        if lanes is not None:
+            inner = sch.get_loops(blk)[-1]
+            ext = _const(sch.get(inner).extent)
+            if ext is not None and ext % lanes == 0:
+                sch.vectorize(sch.split(inner, [None, lanes])[1])
 
 
 def schedule_matmuls(tile: Tile | None = None):
