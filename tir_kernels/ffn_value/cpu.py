@@ -36,37 +36,35 @@ def _largest_divisor(n: int, at_most: int) -> int:
     return next(d for d in range(min(n, at_most), 0, -1) if n % d == 0)
 
 
-def _nonzero_lists(F: int, act_dtype: str, chunk: int = 0):
-    """Macro: ``idx[tile, :cnt[tile]]`` = the f with any nonzero ``x[t, f]`` over the tile's rows
-    ``[row0, row0 + nrows)``, ascending (the order fixes the summation order: results do not
-    depend on threads). With ``chunk``: ``cst[tile, k]`` = where chunk k's f (``f // chunk == k``)
-    start in the list, ``cst[tile, n_chunks]`` = the count."""
-    bits_dtype = {"float32": "uint32", "float16": "uint16"}[act_dtype]
+def _nonzero(v, act_dtype: str):
+    """``v != 0`` as any bit but the sign: NaN counts (it must propagate as in the dense product)
+    whatever fast-math assumes, -0.0 does not."""
+    bits = {"float32": "uint32", "float16": "uint16"}[act_dtype]
     magnitude = {"float32": 0x7FFFFFFF, "float16": 0x7FFF}[act_dtype]
-    n_chunks = (F + chunk - 1) // chunk if chunk else 0
-    record = chunk > 0
+    return T.bitwise_and(T.reinterpret(bits, v), T.Cast(bits, magnitude)) != T.Cast(bits, 0)
+
+
+def _nonzero_lists(F: int, act_dtype: str, chunk: int):
+    """Macro: ``idx[tile, :cst[tile, n_chunks]]`` = the f with any nonzero ``x[t, f]`` over the
+    tile's rows ``[row0, row0 + nrows)``, ascending (the order fixes the summation order: results
+    do not depend on threads); ``cst[tile, k]`` = where chunk k's f (``f // chunk == k``) start."""
+    n_chunks = (F + chunk - 1) // chunk
 
     @T.macro
-    def lists(x, idx, cnt, cst, pos, tile, row0, nrows):
+    def lists(x, idx, cst, pos, tile, row0, nrows):
         pos[0] = 0
         for f in range(F):
-            if record:
-                if f % chunk == 0:
-                    cst[tile, f // chunk] = pos[0]
+            if f % chunk == 0:
+                cst[tile, f // chunk] = pos[0]
             hit = T.alloc_buffer((1,), "int32", scope="global")
             hit[0] = 0
             for r in range(nrows):
-                # nonzero = any bit but the sign: NaN counts (it must propagate as in the dense
-                # product) whatever fast-math assumes, -0.0 does not
-                if T.bitwise_and(T.reinterpret(bits_dtype, x[row0 + r, f]),
-                                 T.Cast(bits_dtype, magnitude)) != T.Cast(bits_dtype, 0):
+                if _nonzero(x[row0 + r, f], act_dtype):
                     hit[0] = 1
             if hit[0] == 1:
                 idx[tile, pos[0]] = f
                 pos[0] = pos[0] + 1
-        cnt[tile] = pos[0]
-        if record:
-            cst[tile, n_chunks] = pos[0]
+        cst[tile, n_chunks] = pos[0]
 
     return lists
 
@@ -76,9 +74,6 @@ def _chunk_list(F: int, chunk: int, act_dtype: str, nrows: int):
     any nonzero ``x[row0 + r, f]``, ``r < nrows``, ascending: chunk k's part of
     :func:`_nonzero_lists`, built by the task that uses it (decode: one list of all F on one core
     cost more than reading the rows at 90% zeros)."""
-    bits_dtype = {"float32": "uint32", "float16": "uint16"}[act_dtype]
-    magnitude = {"float32": 0x7FFFFFFF, "float16": 0x7FFF}[act_dtype]
-
     @T.macro
     def build(x, lst, n, row0, k):
         hit = T.alloc_buffer((1,), "int32", scope="global")
@@ -86,9 +81,7 @@ def _chunk_list(F: int, chunk: int, act_dtype: str, nrows: int):
         for e in range(T.min(chunk, F - k * chunk)):
             hit[0] = 0
             for r in T.unroll(nrows):
-                # as _nonzero_lists: any bit but the sign (NaN counts, -0.0 does not)
-                if T.bitwise_and(T.reinterpret(bits_dtype, x[row0 + r, k * chunk + e]),
-                                 T.Cast(bits_dtype, magnitude)) != T.Cast(bits_dtype, 0):
+                if _nonzero(x[row0 + r, k * chunk + e], act_dtype):
                     hit[0] = 1
             if hit[0] == 1:
                 lst[n[0]] = k * chunk + e
@@ -97,22 +90,32 @@ def _chunk_list(F: int, chunk: int, act_dtype: str, nrows: int):
     return build
 
 
-def _tile_lists(F: int, act_dtype: str, chunk: int = 0):
-    """Macro ``(x, idx, cnt, cst, seq_len)``: :func:`_nonzero_lists` for every token tile (4-row
-    tiles, then a 1-row tile per leftover token), in parallel."""
+def _tile_lists(F: int, act_dtype: str, chunk: int):
+    """Macro ``(x, idx, cst, seq_len)``: :func:`_nonzero_lists` for every token tile (4-row tiles,
+    then a 1-row tile per leftover token), in parallel."""
     lists = _nonzero_lists(F, act_dtype, chunk)
     R = TILE_ROWS
 
     @T.macro
-    def all_tiles(x, idx, cnt, cst, seq_len):
+    def all_tiles(x, idx, cst, seq_len):
         for tile in T.parallel(seq_len // R + seq_len % R):
             pos = T.alloc_buffer((1,), "int32", scope="global")
             if tile < seq_len // R:
-                lists(x, idx, cnt, cst, pos, tile, tile * R, R)
+                lists(x, idx, cst, pos, tile, tile * R, R)
             else:
-                lists(x, idx, cnt, cst, pos, tile, seq_len // R * R + (tile - seq_len // R), 1)
+                lists(x, idx, cst, pos, tile, seq_len // R * R + (tile - seq_len // R), 1)
 
     return all_tiles
+
+
+def _tile_of(t, seq_len):
+    """The token tile of row t: 4-row tiles first, then one 1-row tile per leftover row."""
+    R = TILE_ROWS
+    return T.min(t // R, seq_len // R) + T.max(t - seq_len // R * R, 0) * T.Cast("int64", t >= seq_len // R * R)
+
+
+def _row_in_tile(t, seq_len):
+    return T.if_then_else(t < seq_len // TILE_ROWS * TILE_ROWS, t % TILE_ROWS, 0)
 
 
 def _prefetch(buf, row, col):
@@ -212,9 +215,8 @@ def ffn_value_cpu(F: int, C: int, act_dtype: str, w_dtype: str, out_dtype: str):
         y = T.match_buffer(var_y, (seq_len, T.int64(C)), out_dtype)
         if seq_len >= PANEL_MIN_ROWS:
             idx = T.alloc_buffer((seq_len // R + seq_len % R, T.int64(F)), "int32")
-            cnt = T.alloc_buffer((seq_len // R + seq_len % R,), "int32")
             cst = T.alloc_buffer((seq_len // R + seq_len % R, NCH + 1), "int32")
-            tile_lists(x, idx, cnt, cst, seq_len)
+            tile_lists(x, idx, cst, seq_len)
             # prefill: one task per column panel, copied (as fp32) into a contiguous scratch
             # that every token tile then sweeps from L2: W's rows are C apart, so reading the
             # panel in place costs a TLB miss per listed row, again for every token tile
@@ -246,13 +248,10 @@ def ffn_value_cpu(F: int, C: int, act_dtype: str, w_dtype: str, out_dtype: str):
                     for lane in T.vectorized(L):
                         tot[lane] = T.float32(0)
                     for k in range(NCH):
-                        if listed[T.min(t // R, seq_len // R) + T.max(t - seq_len // R * R, 0)
-                                  * T.Cast("int64", t >= seq_len // R * R), k] > 0:
+                        if listed[_tile_of(t, seq_len), k] > 0:
                             for lane in T.vectorized(L):
-                                tot[lane] = tot[lane] + part[
-                                    T.min(t // R, seq_len // R) + T.max(t - seq_len // R * R, 0)
-                                    * T.Cast("int64", t >= seq_len // R * R), k,
-                                    T.if_then_else(t < seq_len // R * R, t % R, 0), cv * L + lane]
+                                tot[lane] = tot[lane] + part[_tile_of(t, seq_len), k, _row_in_tile(t, seq_len),
+                                                             cv * L + lane]
                     for lane in T.vectorized(L):
                         y[t, cv * L + lane] = T.Cast(out_dtype, tot[lane])
 

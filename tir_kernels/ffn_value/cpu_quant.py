@@ -26,7 +26,7 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 from ..quant_matmul.format import qmax
-from .cpu import PANEL_MIN_ROWS, TILE_ROWS, _chunk_list, _prefetch, _tile_lists, n_chunks_of
+from .cpu import PANEL_MIN_ROWS, TILE_ROWS, _chunk_list, _prefetch, _row_in_tile, _tile_lists, _tile_of, n_chunks_of
 
 # decode: whole rows of q prefetched this many list entries ahead. A 4-bit row is 8x shorter than
 # a fp32 one (384 bytes at C = 768): 4 and 8 ahead were alike, 2 was 5-10% slower
@@ -174,9 +174,8 @@ def ffn_value_q_cpu(F: int, C: int, bits: int, group: int, act_dtype: str, out_d
         y = T.match_buffer(var_y, (seq_len, T.int64(C)), out_dtype)
         if seq_len >= PANEL_MIN_ROWS:
             idx = T.alloc_buffer((seq_len // R + seq_len % R, T.int64(F)), "int32")
-            cnt = T.alloc_buffer((seq_len // R + seq_len % R,), "int32")
             cst = T.alloc_buffer((seq_len // R + seq_len % R, NCH + 1), "int32")
-            tile_lists(x, idx, cnt, cst, seq_len)
+            tile_lists(x, idx, cst, seq_len)
             # prefill: each task converts its column panel once and sweeps every token tile over it
             for ct in T.parallel(CTN):
                 pan = T.alloc_buffer((T.int64(F), T.int64(per_word * L)), "float32", scope="local")
@@ -207,9 +206,8 @@ def ffn_value_q_cpu(F: int, C: int, bits: int, group: int, act_dtype: str, out_d
             for task in T.parallel(seq_len * CTN):
                 t = task // CTN
                 ct = task % CTN
-                tile = T.min(t // R, seq_len // R) + T.max(t - seq_len // R * R, 0) * T.Cast(
-                    "int64", t >= seq_len // R * R)
-                r = T.if_then_else(t < seq_len // R * R, t % R, 0)
+                tile = _tile_of(t, seq_len)
+                r = _row_in_tile(t, seq_len)
                 tot = T.alloc_buffer((per_word, L), "float32", scope="global")
                 for j in T.unroll(per_word):
                     for lane in T.vectorized(L):
