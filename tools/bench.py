@@ -226,7 +226,6 @@ def main(argv=None) -> int:
 
     from rwkv_relax import load_model
     from rwkv_relax.pipeline import build, export, resolve_model
-    from rwkv_relax.quantization import get_mode
     from rwkv_relax.registry import get_spec
     from rwkv_relax.runtime.threads import use_all_cpus
     from rwkv_relax.testing.random_weights import write_checkpoint
@@ -236,6 +235,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="rwkv_bench_"))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import ffn_sparsity
+    import quant_quality
     rng = np.random.default_rng(0)
     if args.checkpoint:
         ckpt = Path(args.checkpoint)
@@ -254,17 +254,10 @@ def main(argv=None) -> int:
                                            args.rwkv_cpp_types.split(","))
     models, build_s = {}, {}
     for mode in args.modes.split(","):
-        # --ab-dense: "mode" is the sparse hidden-major value, "mode/dense" the dense one;
-        # --cpu-int8-activations: "mode/i8" beside "mode" for the quantized modes
-        variants = [(layout, False) for layout in (("hidden_major", "dense") if args.ab_dense else (None,))]
-        if args.cpu_int8_activations and get_mode(mode).quantized:
-            variants.append((None, True))
-        for layout, int8 in variants:
-            label = f"{mode}/dense" if layout == "dense" else f"{mode}/i8" if int8 else mode
+        for i, (label, extra) in enumerate(quant_quality.build_variants(mode, args.ab_dense,
+                                                                        args.cpu_int8_activations)):
             t0 = time.perf_counter()
-            lib = build(str(ckpt), target="llvm", output=work / f"model-{mode}-{layout}-{int8}.so",
-                        quantization=mode, overrides={"ffn_value_layout": layout} if layout else None,
-                        cpu_int8_activations=int8)
+            lib = build(str(ckpt), target="llvm", output=work / f"model-{mode}-{i}.so", quantization=mode, **extra)
             build_s[label] = time.perf_counter() - t0
             models[label] = load_model(lib, ckpt)
     # Rounds interleave the modes (and the bandwidth probes): on a shared machine throughput

@@ -14,6 +14,22 @@ from pathlib import Path
 import numpy as np
 
 
+def build_variants(mode: str, ab_dense: bool, int8_activations: bool) -> list[tuple[str, dict]]:
+    """(label, extra ``build`` arguments) of each library to make for ``mode``: with ``ab_dense``
+    "mode" is the sparse hidden-major channel-mix value and "mode/dense" the dense one; with
+    ``int8_activations`` "mode/i8" (``--cpu-int8-activations``) joins each quantized mode.
+    Shared with tools/bench.py."""
+    from rwkv_relax.quantization import get_mode
+    if ab_dense:
+        out = [(mode, {"overrides": {"ffn_value_layout": "hidden_major"}}),
+               (f"{mode}/dense", {"overrides": {"ffn_value_layout": "dense"}})]
+    else:
+        out = [(mode, {})]
+    if int8_activations and get_mode(mode).quantized:
+        out.append((f"{mode}/i8", {"cpu_int8_activations": True}))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="default: a random checkpoint (2 x 256, vocab 4096)")
@@ -31,7 +47,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from rwkv_relax import load_model
     from rwkv_relax.pipeline import build
-    from rwkv_relax.quantization import get_mode
     from rwkv_relax.registry import get_spec
     from rwkv_relax.testing.quality import compare, position_logits
     from rwkv_relax.testing.random_weights import write_checkpoint
@@ -43,13 +58,8 @@ def main(argv=None) -> int:
     ref = position_logits(base, tokens)
     print(f"{'mode':16s} {'mean KL':>10s} {'max KL':>10s} {'top-1':>7s}")
     for mode in args.modes.split(","):
-        variants = [(layout, False) for layout in (("hidden_major", "dense") if args.ab_dense else (None,))]
-        if args.cpu_int8_activations and get_mode(mode).quantized:
-            variants.append((None, True))
-        for layout, int8 in variants:
-            label = f"{mode}/dense" if layout == "dense" else f"{mode}/i8" if int8 else mode
-            lib = build(str(ckpt), output=work / f"{mode}-{layout}-{int8}.so", quantization=mode,
-                        overrides={"ffn_value_layout": layout} if layout else None, cpu_int8_activations=int8)
+        for i, (label, extra) in enumerate(build_variants(mode, args.ab_dense, args.cpu_int8_activations)):
+            lib = build(str(ckpt), output=work / f"{mode}-{i}.so", quantization=mode, **extra)
             r = compare(ref, position_logits(load_model(lib, ckpt), tokens))
             print(f"{label:16s} {r['mean_kl']:10.5f} {r['max_kl']:10.5f} {r['top1']:7.3f}")
     return 0
