@@ -57,9 +57,10 @@ def q_gemv(n: int, k: int, bits: int, group: int, act_dtype: str, out_dtype: str
     # every shape: the int16 preparation costs ~1 us at K = 768 and ~3 us at 2688, while the
     # int16 GEMV beat the "cpu" form on every RWKV-5 0.1B matrix, 768 x 768 included
     # (13.8 vs 17.0 us with weights from DRAM)
-    if target == "avx2" and act_dtype == "float16" and (k // (32 // bits)) % 8 == 0:
+    fills_ymm = (k // (32 // bits)) % 8 == 0  # the integer forms take 8 words per vector
+    if target == "avx2" and act_dtype == "float16" and fills_ymm:
         return _q_gemv_avx2_i16(n, k, bits, group, act_dtype, out_dtype)
-    if target in ("int8_vnni", "int8_avx2") and (k // (32 // bits)) % 8 == 0:
+    if target in ("int8_vnni", "int8_avx2") and fills_ymm:
         return _q_gemv_i8(n, k, bits, group, act_dtype, out_dtype, vnni=target == "int8_vnni")
     if target in ("cpu", "avx2", "int8_vnni", "int8_avx2"):
         return _q_gemv_cpu(n, k, bits, group, act_dtype, out_dtype)
