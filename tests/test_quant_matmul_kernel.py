@@ -39,9 +39,9 @@ def _build(n, k, bits, act, out, form="cpu"):
     return tvm.compile(tvm.IRModule({"main": func}), _target())
 
 
-def _has_avx2() -> bool:
+def _host_has(*features) -> bool:
     from tvm.target import codegen
-    return codegen.target_has_features("avx2", _target())
+    return all(codegen.target_has_features(f, _target()) for f in features)
 
 
 def _ll(lib) -> str:
@@ -107,7 +107,7 @@ AVX2_CASES = [  # n, k, bits, out
 ]
 
 
-@pytest.mark.skipif(not _has_avx2(), reason="this CPU has no AVX2")
+@pytest.mark.skipif(not _host_has("avx2"), reason="this CPU has no AVX2")
 @pytest.mark.parametrize("n,k,bits,out", AVX2_CASES)
 def test_avx2_form_matches_its_twin_and_the_exact_product(n, k, bits, out):
     """int16 activations: the kernel equals its twin up to fp32 rounding; against the exact
@@ -155,15 +155,10 @@ def test_cpu_pipeline_retargets_only_with_avx2():
     assert "pmadd.wd" in retarget_for_cpu_features(avx2)(mod)["q_gemv"].script()
 
 
-def _host_has(*features) -> bool:
-    from tvm.target import codegen
-    return all(codegen.target_has_features(f, _target()) for f in features)
-
-
 INT8_FORMS = [  # form, the instruction that must be in its LLVM IR, host features it needs
     pytest.param("int8_vnni", "vpdpbusd", marks=pytest.mark.skipif(
         not _host_has("avx512vnni", "avx512vl"), reason="this CPU has no AVX512-VNNI")),
-    pytest.param("int8_avx2", "pmadd.ub.sw", marks=pytest.mark.skipif(not _has_avx2(), reason="no AVX2")),
+    pytest.param("int8_avx2", "pmadd.ub.sw", marks=pytest.mark.skipif(not _host_has("avx2"), reason="no AVX2")),
 ]
 INT8_CASES = [  # n, k, bits, act, out
     (3, 64, 4, "float16", "float32"),  # tail rows only

@@ -153,8 +153,8 @@ def test_quality_against_fp32(factory, arch):
 
 
 def _host_int8_form():
-    from rwkv_relax.targets.cpu import _llvm, int8_form
-    return int8_form(tvm.target.Target(_llvm(None)))
+    from rwkv_relax.targets.cpu import LLVM, int8_form
+    return int8_form(LLVM.target())
 
 
 @pytest.mark.skipif(_host_int8_form() is None, reason="this CPU has no AVX2")
