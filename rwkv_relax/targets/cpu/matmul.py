@@ -171,6 +171,17 @@ def _const(e) -> int | None:
     return int(e) if isinstance(e, (int, tirx.IntImm)) else None
 
 
+def _short_reduction(sch: s_tir.Schedule, found: tuple, target: Target) -> bool:
+    """Whether ``_apply_small_k`` takes the matched matmul: token rows (at least a 4-row tile, or
+    symbolic), K <= SMALL_K, N in whole vectors, and a float W it can copy (not a dequantize)."""
+    main_rv, pattern, _, n, k, m_ext = found
+    if not pattern.m_iters or k > SMALL_K or n % simd_lanes(target):
+        return False
+    if m_ext[-1] is not None and m_ext[-1] < 4:
+        return False
+    return _dequantize_producer(sch, main_rv) is None and _float_weight(sch.get(main_rv)) is not None
+
+
 def _matched(sch: s_tir.Schedule):
     """(main block, pattern, its iter extents, n, k, m extents) when ``sch``'s function is one NT
     matmul (plus spatial blocks) with static n and k, else None."""
@@ -207,33 +218,29 @@ class NTMatmulCPU(dl.ScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
         try:
-            small = self._apply_small_k(func, target)
-            if small is not None:
-                return small
-        except (RuntimeError, ValueError):  # not this form: the general one below
-            pass
-        try:
-            return self._apply(func, target)
+            sch = s_tir.Schedule(func)
+            found = _matched(sch)
+            if found is None:
+                return None
+            if _short_reduction(sch, found, target):
+                try:
+                    return self._apply_small_k(sch, found, target)
+                except (RuntimeError, ValueError):  # not this form: the general one, from scratch
+                    sch = s_tir.Schedule(func)
+                    found = _matched(sch)
+            return self._apply(sch, found, target)
         except (RuntimeError, ValueError):  # ScheduleError, TVM errors: leave it unscheduled
             return None
 
-    def _apply_small_k(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
+    def _apply_small_k(self, sch: s_tir.Schedule, found: tuple, target: Target) -> s_tir.Schedule | None:
         """GEMMs with a short float reduction (K <= ``SMALL_K``: RWKV-6/7's LoRA up-projections,
         K = 32..160): vectorised along n instead of k. The lane sums that the k-vectorised form
         ends every output with cost more than its K / lanes FMAs there. Each task copies its
         columns of W into a (n // C, k, n % C) block, so that for each k a tile's C = V * lanes
         weights are contiguous, and every x[m, k] is broadcast against them: rows x V vector
         accumulators in registers, no lane sums."""
-        sch = s_tir.Schedule(func)
-        found = _matched(sch)
-        if found is None:
-            return None
         main_rv, pattern, ext, n, k, m_ext = found
         lanes = simd_lanes(target)
-        if not pattern.m_iters or k > SMALL_K or n % lanes or (m_ext[-1] is not None and m_ext[-1] < 4):
-            return None
-        if _dequantize_producer(sch, main_rv) is not None:
-            return None
         rows = 4
         # rows*V accumulators + V W vectors + one x broadcast, as choose_tile's bound
         V = _largest_divisor(n // lanes, (simd_registers(lanes) - 1) // (rows + 1))
@@ -243,8 +250,6 @@ class NTMatmulCPU(dl.ScheduleRule):
         if m_ext[-1] is None or m_ext[-1] % rows:
             copies = self._pad_rows(sch, main_rv, row_iter, rows, len(ext))
         wcopy = _weight_copy(sch, main_rv)
-        if wcopy is None:
-            return None
         tail, widened = _around_the_matmul(sch, main_rv, copies, wcopy, lanes)
         loops = sch.get_loops(main_rv)
         sch.reorder(*[loops[i] for i in pattern.m_iters], loops[pattern.n_iter], loops[pattern.k_iter])
@@ -268,11 +273,7 @@ class NTMatmulCPU(dl.ScheduleRule):
         sch.decompose_reduction(main_rv, kk)
         return _without_round_trips(sch, widened) if widened else sch
 
-    def _apply(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
-        sch = s_tir.Schedule(func)
-        found = _matched(sch)
-        if found is None:
-            return None
+    def _apply(self, sch: s_tir.Schedule, found: tuple, target: Target) -> s_tir.Schedule | None:
         main_rv, pattern, ext, n, k, m_ext = found
         tile = self.tile or choose_tile(None if None in m_ext else math.prod(m_ext), n, k, target)
         if tile is None or n % tile.cols or k % tile.lanes:
@@ -509,11 +510,17 @@ MIN_COPY_K = 256
 SMALL_K = 160  # up to here a GEMM vectorises along n (NTMatmulCPU._apply_small_k)
 
 
+def _float_weight(block) -> tirx.Buffer | None:
+    """The W the reduction reads when it is a float buffer (not packed codes), else None."""
+    w = _weight_buffer(block)
+    return w if w is not None and w.dtype in ("float16", "bfloat16", "float32") else None
+
+
 def _weight_copy(sch: s_tir.Schedule, main_rv):
     """A copy of the float W the reduction reads (a producer block, or None)."""
     block = sch.get(main_rv)
-    w = _weight_buffer(block)
-    if w is None or w.dtype not in ("float16", "bfloat16", "float32"):
+    w = _float_weight(block)
+    if w is None:
         return None
     idx = next(i for i, r in enumerate(block.reads) if r.source.same_as(w))
     return sch.cache_read(main_rv, idx, "global")
