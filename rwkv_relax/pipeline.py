@@ -172,6 +172,9 @@ def build(model: str, target: str = "llvm", output: str | Path | None = None,
     t0 = time.perf_counter()
     mod, metadata = export(source, quantization, source.keep_embedding_head)
     preset.check_params(metadata["params"], quantization)
+    if preset.sampler:
+        from .targets.sampling import attach_sampler
+        mod = attach_metadata(attach_sampler(mod, metadata), metadata)
     log.info("compiling %s (%s) for %s", source.name, quantization, preset.name)
     prefix = system_lib_prefix(source, quantization) if preset.prefixed_system_lib else None
     if cpu_int8_activations:

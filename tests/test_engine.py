@@ -117,6 +117,25 @@ def test_generate_streams_the_tokens_it_samples(engine):
     assert "".join(pieces) == engine.tokenizer.decode_text(out)
 
 
+def test_the_library_draws_the_tokens_the_numpy_sampler_would(engine, monkeypatch):
+    """llvm libraries carry sample_logits: generate draws there (numpy never sees the logits) and
+    yields what the numpy sampler yields for the same seed."""
+    from rwkv_relax.runtime.sampler import Sampler
+    assert engine.model.has_sampler and engine.model.metadata["sampler"] == "sample_logits"
+    numpy_draws = []
+    real_sample = Sampler.sample
+    monkeypatch.setattr(Sampler, "sample", lambda self, *a, **k: numpy_draws.append(1) or real_sample(self, *a, **k))
+    settings = [dict(), dict(temperature=0.7, top_p=0.6), dict(top_p=1.0, top_k=20, frequency_penalty=0.5),
+                dict(temperature=0)]
+    prompt = "The capital of France is"
+    in_library = [text(engine.generate(prompt, max_tokens=16, seed=s, **kw)) for s, kw in enumerate(settings)]
+    assert not numpy_draws
+    monkeypatch.setitem(engine.model.metadata, "sampler", None)  # a library without the kernel
+    in_numpy = [text(engine.generate(prompt, max_tokens=16, seed=s, **kw)) for s, kw in enumerate(settings)]
+    assert len(numpy_draws) == 4 * 16
+    assert in_library == in_numpy
+
+
 def test_stop_string_ends_the_reply(engine):
     full = text(engine.generate("Stop here:", max_tokens=16, seed=5))
     stop = full[len(full) // 2: len(full) // 2 + 3]
@@ -221,7 +240,7 @@ def test_abandoned_and_interrupted_replies_keep_the_session_consistent(engine, m
     assert prompt.startswith(before)
     assert session.stats.prefill_tokens == len(engine.encode(prompt[len(before):]))
 
-    real_advance = engine.model.advance
+    real_advance = engine.model.advance_raw
     calls = []
 
     def interrupted(state, tokens):  # Ctrl-C during the first decode step
@@ -229,7 +248,7 @@ def test_abandoned_and_interrupted_replies_keep_the_session_consistent(engine, m
             calls.append(tokens)
             raise KeyboardInterrupt
         return real_advance(state, tokens)
-    monkeypatch.setattr(engine.model, "advance", interrupted)
+    monkeypatch.setattr(engine.model, "advance_raw", interrupted)
     with pytest.raises(KeyboardInterrupt):
         text(session.send("Once more"))
     text(session.send("Last"))  # the state was in doubt: the whole conversation is prefilled

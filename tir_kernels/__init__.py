@@ -8,7 +8,7 @@ import json
 
 from tvm import tirx
 
-from . import ffn_value, quant_matmul, rnn_state, wkv4, wkv5, wkv6, wkv7
+from . import ffn_value, quant_matmul, rnn_state, sampling, wkv4, wkv5, wkv6, wkv7
 
 # name -> factory(*sizes, target=...). Models build the "cpu" form through :func:`kernel`; GPU
 # pipelines swap in the "gpu" form through :func:`retarget`, so models never see targets.
@@ -25,6 +25,7 @@ FACTORIES = {
     "ffn_value": ffn_value.ffn_value,
     "ffn_value_q": ffn_value.ffn_value_q,
     "state_copy": rnn_state.state_copy,
+    "sample_logits": sampling.sample_logits,
 }
 # kernels with a CPU form named after an instruction-set feature; the llvm pipeline swaps it in
 # when the target has the feature (the default "cpu" forms are portable)

@@ -65,7 +65,7 @@ def _layout(C: int, target: str):
     return True, 1, GPU_THREADS, -(-C // GPU_THREADS)
 
 
-def _exp_f32_vec(x):
+def exp_f32_vec(x):
     """exp(x) for float32 from +, *, floor and bit shifts, so that LLVM can vectorise it.
 
     TVM lowers ``T.exp`` on llvm to ``llvm.exp.v16f32``, which x86 backends split into 16 scalar
@@ -92,7 +92,7 @@ def _scan_macro(gpu: bool, lanes: int):
     aa, bb, pp, w_l, u_l are ``(lanes,)`` local buffers; tokens t_begin .. t_end - 1 are processed."""
 
     # GPU exp is cheap already (CUDA: expf, which nvcc's default --use_fast_math makes __expf)
-    exp = T.exp if gpu else _exp_f32_vec
+    exp = T.exp if gpu else exp_f32_vec
 
     @T.macro
     def scan(k, v, out, w_l, u_l, aa, bb, pp, c0, t_begin, t_end):

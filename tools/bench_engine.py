@@ -14,7 +14,9 @@ times, in interleaved rounds so that a neighbour's busy minute lands on every co
   fork, drop the old sequence);
 - ``generate``: ``Engine.generate`` decode tok/s (its own ``stats``: sampling, detokenizing and
   stop-string work included, prefill excluded) with the model directory's sampling defaults;
-- ``sampler``: ``Sampler.sample`` + ``accept`` on the model's logits (ms per token).
+- ``sampler``: ``Sampler.sample`` + ``accept`` on the model's logits (ms per token), in numpy
+  (``numpy``) and in the library (``lib``: ``CompiledModel.sample``, the ``sample_logits`` kernel
+  of ``tir_kernels/sampling.py``, which ``generate`` uses where the library carries it).
 
 Rates are the best round's; ratios are the median over rounds of each round's own ratio (its
 contenders ran seconds apart). Benchmarks, not tests: numbers vary run to run.
@@ -82,7 +84,8 @@ def bench_shape(cache: Path, shape: str, rounds: int, steps: int) -> dict[str, f
     states["decode"] = functional.prefill(ids)[1]
     states["fork+advance"] = functional.prefill(ids)[1]
     sampler = engine.sampler(seed=0)
-    logits = engine.model.advance(engine.model.new_state(), ids)
+    raw = engine.model.advance_raw(engine.model.new_state(), ids)
+    logits = engine.model._host(raw).reshape(-1).copy()
 
     def token() -> int:
         return int(rng.integers(VOCAB))
@@ -101,6 +104,7 @@ def bench_shape(cache: Path, shape: str, rounds: int, steps: int) -> dict[str, f
         "decode": step_decode,
         "fork+advance": step_fork,
         "sampler": lambda: sampler.accept(sampler.sample(logits)),
+        "sampler lib": lambda: sampler.accept(engine.model.sample(raw, sampler)),
     }
     runs: dict[str, list[float]] = {name: [] for name in [*contenders, "generate"]}
     for _ in range(rounds):
@@ -129,7 +133,7 @@ def main(argv=None) -> int:
     print(f"RWKV-5 {QUANT}, vocab {VOCAB}, llvm; tok/s: best of {args.rounds} interleaved rounds of "
           f"{args.steps} tokens; ratios: median over the rounds of each round's own ratio")
     print(f"{'shape':>7s} {'advance':>8s} {'generate':>9s} {'gen/adv':>8s} | {'adv h4':>7s} {'decode':>7s} "
-          f"{'fork+adv':>9s} {'dec/adv':>8s} {'fork/adv':>9s} | {'sampler ms/tok':>14s}")
+          f"{'fork+adv':>9s} {'dec/adv':>8s} {'fork/adv':>9s} | {'sampler ms/tok: numpy':>21s} {'lib':>6s}")
     for shape in shapes:
         r = bench_shape(args.cache, shape, args.rounds, args.steps)
 
@@ -138,7 +142,7 @@ def main(argv=None) -> int:
         print(f"{shape:>7s} {r['advance'].max():8.1f} {r['generate'].max():9.1f} {ratio('generate', 'advance'):7.1f}% "
               f"| {r['advance h4'].max():7.1f} {r['decode'].max():7.1f} {r['fork+advance'].max():9.1f} "
               f"{ratio('decode', 'advance h4'):7.1f}% {ratio('fork+advance', 'advance h4'):8.1f}% "
-              f"| {1e3 / r['sampler'].max():14.3f}")
+              f"| {1e3 / r['sampler'].max():21.3f} {1e3 / r['sampler lib'].max():6.3f}")
     print("advance / generate: the engine's model (history 1); adv h4 / decode / fork+adv: a model with the "
           "default history (4); fork+adv is what decode cost before it stepped in place")
     return 0

@@ -113,7 +113,7 @@ class ChatSession:
                 raise
         return run()
 
-    def _feed(self, text: str, stats: GenerationStats) -> np.ndarray:
+    def _feed(self, text: str, stats: GenerationStats):
         """Bring the state to ``text``: prefill what extends the ids already fed, or start over."""
         try:  # replies hold the bytes they were generated as (surrogate escapes)
             target = text.encode("utf-8", "surrogateescape")

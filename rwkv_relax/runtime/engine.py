@@ -157,15 +157,16 @@ class Engine:
         return self._session.reply(messages, max_tokens=max_tokens, seed=seed, **sampling)
 
     # ---- the loop ----------------------------------------------------------------------------
-    def _prefill(self, state, ids: list[int], stats: GenerationStats) -> np.ndarray:
-        """Feed ``ids`` into ``state`` in place (the runtime chunks by prefill_chunk_size)."""
+    def _prefill(self, state, ids: list[int], stats: GenerationStats):
+        """Feed ``ids`` into ``state`` in place (the runtime chunks by prefill_chunk_size); the last
+        logits as the library returned them (``CompiledModel.sample`` draws from them)."""
         t0 = time.perf_counter()
-        logits = self.model.advance(state, ids)
+        logits = self.model.advance_raw(state, ids)
         stats.prefill_tokens += len(ids)
         stats.prefill_seconds += time.perf_counter() - t0
         return logits
 
-    def _decode(self, state, logits: np.ndarray, sampler: Sampler, stop_strings: tuple[str, ...],
+    def _decode(self, state, logits, sampler: Sampler, stop_strings: tuple[str, ...],
                 max_tokens: int, stats: GenerationStats, fed: list[int]) -> Iterator[str]:
         """Sample, stream and feed back tokens; ``fed`` collects the ids fed into ``state``.
 
@@ -180,7 +181,7 @@ class Engine:
         clock = Clock()
         stats.finish_reason = "length"
         for i in range(max_tokens):
-            token = sampler.sample(logits)
+            token = self.model.sample(logits, sampler)
             stats.decode_tokens += 1
             if sampler.is_stop_token(token):
                 stats.finish_reason = "eos"
@@ -196,7 +197,7 @@ class Engine:
                 break
             if i + 1 == max_tokens:
                 break
-            logits = self.model.advance(state, [token])
+            logits = self.model.advance_raw(state, [token])
             fed.append(token)
         tail = stops.put(stream.flush()) + stops.flush()
         clock.pause()

@@ -25,6 +25,7 @@ from ..errors import RWKVRelaxError
 from ..loaders import open_checkpoint, time_state
 from ..registry import get_spec
 from ..weights import check_matches, library_params, open_weights
+from .sampler import Sampler
 from .sequences import RuntimeSequence, State, successor
 from .threads import use_all_cpus
 
@@ -74,6 +75,9 @@ class CompiledModel:
         # the single-token input, written through a numpy view (tvm.runtime.tensor() costs ~25 us)
         self._one_id = tvm.runtime.empty((1,), "int32", self.device)
         self._one_id_view = np.from_dlpack(self._one_id) if device == "cpu" else None
+        self._kernel_args: tuple | None = None  # see _kernel_inputs
+        self._kernel_views: tuple = ()
+        self._adjusted = 0
 
     # ---- weights ------------------------------------------------------------------------
     def _load_weights(self, weights: str | Path) -> tuple[list, dict | None]:
@@ -219,6 +223,11 @@ class CompiledModel:
 
     def advance(self, state: State, tokens: Sequence[int]) -> np.ndarray:
         """Feed ``tokens`` into ``state`` IN PLACE (no fork); returns the last token's logits."""
+        return self._host(self.advance_raw(state, tokens)).reshape(-1)
+
+    def advance_raw(self, state: State, tokens: Sequence[int]):
+        """:meth:`advance`, returning the last token's logits as the library's tensor (for
+        :meth:`sample`, which can draw from it where it is)."""
         ids = self._tokens(tokens)
         logits = None
         for start in range(0, ids.size, self.chunk):
@@ -227,7 +236,49 @@ class CompiledModel:
             fn = "decode" if chunk.size == 1 else "prefill"
             logits = self._run(fn, [state.seq_id], [int(chunk.size)], emb._create_view((1, *emb.shape)))
         state.length += int(ids.size)
-        return self._host(logits).reshape(-1)
+        return logits
+
+    # ---- sampling -----------------------------------------------------------------------
+    @property
+    def has_sampler(self) -> bool:
+        """The library carries ``sample_logits`` (``tir_kernels/sampling.py``; llvm builds)."""
+        return self.metadata.get("sampler") == "sample_logits"
+
+    def sample(self, logits, sampler: Sampler) -> int:
+        """The next token drawn by ``sampler`` (not recorded: see ``Sampler.accept``) from one row
+        of logits as :meth:`advance_raw` returns them. Where the library carries the sampling
+        kernel the draw happens there and the logits never reach numpy; the kernel's fallbacks
+        (non-finite logits, a distribution too flat for its candidate list) and libraries without
+        it use ``sampler.sample`` with the same uniform draw."""
+        if not self.has_sampler or self._one_id_view is None:
+            return sampler.sample(self._host(logits).reshape(-1))
+        ids, sub, (temperature, top_p, top_k, u) = sampler.kernel_args()
+        rows, adj_id, adj_sub, params = self._kernel_inputs(ids.size)
+        rows[:ids.size] = 0
+        adj_id[:ids.size] = ids
+        adj_sub[:ids.size] = sub
+        rows[ids.size:self._adjusted] = -1  # entries left from a longer list
+        self._adjusted = ids.size
+        params[0] = temperature, top_p, top_k, u
+        token = int(np.from_dlpack(self._fn("sample_logits")(logits, *self._kernel_args))[0])
+        if token >= 0:
+            return token
+        return sampler.sample(self._host(logits).reshape(-1), u)  # NaN / inf, or too flat: numpy
+
+    def _kernel_inputs(self, n: int) -> tuple[np.ndarray, ...]:
+        """numpy views of the kernel's adjustment and parameter tensors, regrown to hold ``n``
+        adjustments (rows of unused entries are -1: the kernel skips them, so the tensors are
+        passed whole and never re-wrapped per call)."""
+        if self._kernel_args is None or self._kernel_args[0].shape[0] < n:
+            size = max(64, 2 * n)
+            tensors = (tvm.runtime.tensor(np.full(size, -1, np.int32), self.device),
+                       tvm.runtime.tensor(np.zeros(size, np.int32), self.device),
+                       tvm.runtime.tensor(np.zeros(size, np.float32), self.device),
+                       tvm.runtime.tensor(np.zeros((1, 4), np.float32), self.device))
+            self._kernel_args = tensors
+            self._kernel_views = tuple(np.from_dlpack(t) for t in tensors)
+            self._adjusted = 0
+        return self._kernel_views
 
     def new_state(self) -> State:
         """A fresh sequence: all zeros, or ``initial_state`` (a state-tuned checkpoint's) when set."""

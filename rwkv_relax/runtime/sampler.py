@@ -148,12 +148,25 @@ class Sampler:
         p[ids] = q
         return p
 
-    def sample(self, logits: np.ndarray) -> int:
-        """Draw the next token from ``logits`` (V,); does not record it (see :meth:`accept`)."""
+    def sample(self, logits: np.ndarray, u: float | None = None) -> int:
+        """Draw the next token from ``logits`` (V,); does not record it (see :meth:`accept`).
+        ``u``: the uniform draw in [0, 1) to use, already taken from ``rng`` (by
+        :meth:`kernel_args`); None draws it here."""
         ids, q = self._support(logits)
         cdf = np.cumsum(q, out=self._buffers[0][:q.size])  # z is free once _support is done
-        u = self.rng.random() * cdf[-1]
+        u = (self.rng.random() if u is None else u) * cdf[-1]
         return int(ids[min(int(np.searchsorted(cdf, u, side="right")), ids.size - 1)])
+
+    def kernel_args(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
+        """What a library's ``sample_logits`` kernel takes for one draw (``tir_kernels/sampling.py``):
+        the adjusted token ids, the amounts subtracted from their logits (a ban subtracts +inf),
+        and (temperature, top_p, top_k, u), ``u`` taken from ``rng`` as :meth:`sample` takes it."""
+        n = self._n_seen
+        ids = np.concatenate([self.token_ban, self._seen[:n]]) if self.token_ban.size else self._seen[:n]
+        sub = np.empty(ids.size, np.float32)
+        sub[:self.token_ban.size] = np.inf
+        sub[self.token_ban.size:] = self.presence_penalty + self._counts[:n] * self.frequency_penalty
+        return ids, sub, (self.temperature, self.top_p, self.top_k, self.rng.random())
 
     def _support(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the token ids :meth:`probs` gives a probability > 0, increasing; those probabilities).

@@ -48,6 +48,9 @@ class TargetPreset:
     prepare: Callable[[], None] | None = None  # called before compiling (e.g. nvcc's callback)
     # the message when TVM lacks this target's codegen
     missing_codegen: tuple[str, str] | None = None  # (TVM's function name, our message)
+    # the library carries ``sample_logits`` (``tir_kernels/sampling.py``): tokens are drawn where
+    # the logits are, without copying them to numpy (a form exists for the CPU only)
+    sampler: bool = False
 
     def target(self, chip: str | None = None):
         import tvm

@@ -86,4 +86,4 @@ def cpu_pipeline(target, tile=None, int8_activations: bool = False):
 
 
 LLVM = TargetPreset("llvm", _llvm, ".so", export_plain, False, "this machine's CPU (LLVM, host -mcpu)",
-                    pipeline=cpu_pipeline, chip_help="an LLVM -mcpu name (default: this host's)")
+                    pipeline=cpu_pipeline, chip_help="an LLVM -mcpu name (default: this host's)", sampler=True)

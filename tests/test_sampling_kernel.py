@@ -1,0 +1,163 @@
+"""The library's sampling kernel (tir_kernels/sampling.py) against its numpy twin and against the
+runtime's numpy Sampler (the reference: ChatRWKV's sample_logits, bit for bit in float64), on llvm.
+
+A draw ``u`` that lies within 1e-6 of a boundary of the cumulative distribution may legitimately go
+either way (fp32 exp and sums against float64), so the comparisons skip such ``u``.
+"""
+import functools
+
+import numpy as np
+import pytest
+import tvm
+
+from rwkv_relax.runtime.sampler import Sampler
+from tir_kernels.sampling import NON_FINITE, sample_logits, sample_logits_numpy
+
+
+@functools.lru_cache(maxsize=None)
+def _build(V: int):
+    cpu = tvm.get_global_func("target.llvm_get_system_cpu")()
+    mod = tvm.IRModule({"sample": sample_logits(V).with_attr("global_symbol", "sample")})
+    return tvm.compile(mod, tvm.target.Target({"kind": "llvm", "mcpu": cpu, "num-cores": 2}))["sample"]
+
+
+def run_kernel(logits, adj_row, adj_id, adj_sub, params) -> np.ndarray:
+    logits = np.atleast_2d(np.asarray(logits, np.float32))[None]  # (1, B, V), as batch_prefill returns
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a, dt), dev) for a, dt in (
+        (logits, np.float32), (adj_row, np.int32), (adj_id, np.int32), (adj_sub, np.float32),
+        (np.atleast_2d(params), np.float32))]
+    out = tvm.runtime.empty((logits.shape[1],), "int32", dev)
+    _build(logits.shape[2])(*args, out)
+    return out.numpy()
+
+
+def reference(logits, sampler: Sampler, u: float) -> tuple[int, bool]:
+    """(the numpy Sampler's token for ``u``, whether ``u`` is clear of every cdf boundary)."""
+    ids, q = sampler._support(np.asarray(logits, np.float32))
+    cdf = np.cumsum(q) / q.sum()
+    clear = bool(np.all(np.abs(cdf - np.float32(u)) > 1e-6))
+    return sampler.sample(np.asarray(logits, np.float32), u=float(np.float32(u))), clear
+
+
+def adjustments(sampler: Sampler):
+    ids, sub, _ = sampler.kernel_args()
+    return np.zeros(ids.size, np.int32), ids, sub
+
+
+def logits_like_a_model(rng, V: int, scale: float = 2.0) -> np.ndarray:
+    """Gaussian logits plus a few standouts: a peaked head over a long flat tail."""
+    x = rng.standard_normal(V).astype(np.float32) * scale
+    x[rng.choice(V, 5, replace=False)] += np.float32(3 * scale)
+    return x
+
+
+SETTINGS = [  # temperature, top_p, top_k
+    (1.0, 0.3, 0), (1.0, 0.85, 0), (0.7, 0.5, 0), (1.6, 0.2, 0), (1.0, 1.0, 1), (1.0, 1.0, 7),
+    (0.8, 0.6, 40), (1.0, 0.05, 3), (0.0, 0.3, 0), (0.0, 1.0, 0), (1.0, 1.0, 0), (0.5, 1.0, 0),
+    (1.0, 0.9, 6000),
+]
+
+
+@pytest.mark.parametrize("V", [1000, 4099, 65536])  # 1000 and 4099: tails that are not whole vectors
+@pytest.mark.parametrize("temperature, top_p, top_k", SETTINGS)
+def test_kernel_draws_the_samplers_token(V, temperature, top_p, top_k):
+    rng = np.random.default_rng(V + int(100 * top_p) + top_k)
+    logits = logits_like_a_model(rng, V)
+    sampler = Sampler(temperature=temperature, top_p=top_p, top_k=top_k, presence_penalty=0.4,
+                      frequency_penalty=0.7, token_ban=[3, int(np.argmax(logits))])
+    for token in [int(i) for i in np.argsort(logits)[-6:]] + [10, 10, 11]:  # penalise the head too
+        sampler.accept(token)
+    rows, ids, sub = adjustments(sampler)
+    compared = 0
+    for u in rng.random(40):
+        want, clear = reference(logits, sampler, u)
+        params = [temperature, top_p, top_k, u]
+        got = run_kernel(logits, rows, ids, sub, params)[0]
+        twin = sample_logits_numpy(logits[None], rows, ids, sub, np.array([params], np.float32))[0]
+        assert got == twin
+        if clear:
+            assert got == want, (u, got, want)
+            compared += 1
+    assert compared >= 30
+
+
+def test_top_k_ties_keep_the_lowest_ids():
+    V = 2048
+    logits = np.full(V, -4.0, np.float32)
+    tied = [100, 7, 1500, 900]
+    logits[tied] = 2.0
+    logits[50] = 3.0
+    sampler = Sampler(temperature=1.0, top_p=1.0, top_k=3, presence_penalty=0, frequency_penalty=0)
+    seen = set()
+    for u in np.linspace(0.01, 0.99, 25):
+        got = run_kernel(logits, [], [], [], [1.0, 1.0, 3, u])[0]
+        want, _ = reference(logits, sampler, u)
+        assert got == want
+        seen.add(int(got))
+    assert seen == {50, 7, 100}  # the top one and the two lowest ids among the four tied
+
+
+def test_rows_are_sampled_independently_with_their_own_adjustments():
+    rng = np.random.default_rng(5)
+    V = 3000
+    logits = np.stack([logits_like_a_model(rng, V) for _ in range(3)])
+    rows = np.array([0, 2, 2, 1], np.int32)
+    ids = np.array([int(np.argmax(logits[0])), int(np.argmax(logits[2])), 4, 9], np.int32)
+    sub = np.array([np.inf, 1.5, -0.5, 2.0], np.float32)
+    params = np.array([[1.0, 0.4, 0, 0.3], [0.0, 0.4, 0, 0.7], [0.9, 0.7, 20, 0.55]], np.float32)
+    batch = run_kernel(logits, rows, ids, sub, params)
+    for b in range(3):
+        mine = rows == b
+        alone = run_kernel(logits[b], np.zeros(mine.sum(), np.int32), ids[mine], sub[mine], params[b])[0]
+        assert batch[b] == alone
+    assert batch[0] != np.argmax(logits[0])  # banned in row 0
+    np.testing.assert_array_equal(batch, sample_logits_numpy(logits, rows, ids, sub, params))
+
+
+def test_what_the_kernel_hands_back_to_numpy():
+    V = 8192
+    params = [1.0, 0.5, 0, 0.5]
+    logits = np.zeros(V, np.float32)
+    for bad in (np.nan, np.inf, -np.inf):
+        x = logits.copy()
+        x[17] = bad
+        assert run_kernel(x, [], [], [], params)[0] == NON_FINITE
+    # every token banned
+    assert run_kernel(logits, np.zeros(V, np.int32), np.arange(V), np.full(V, np.inf), params)[0] == NON_FINITE
+    # a banned maximum 200 above the rest: the shift is the maximum after the ban, nothing underflows
+    x = np.full(V, -200.0, np.float32)
+    x[3] = 0.0
+    x[4000] = -199.0
+    sampler = Sampler(top_p=0.5, presence_penalty=0, frequency_penalty=0, token_ban=[3])
+    assert run_kernel(x, [0], [3], [np.inf], params)[0] == reference(x, sampler, 0.5)[0] >= 0
+
+
+def test_flat_rows_and_keep_all_are_decided_on_the_second_rung():
+    """No token of a flat row reaches 1/4096 of the mass: the kernel takes every token instead."""
+    V = 8192
+    flat = np.zeros(V, np.float32)
+    flat[[5, 6000]] = 0.001  # nearly flat
+    for params in ([1.0, 0.5, 0, 0.25], [1.0, 1.0, 0, 0.9], [1.3, 1.0, 5000, 0.4], [1.0, 0.999, 0, 0.6]):
+        got = run_kernel(flat, [], [], [], params)[0]
+        sampler = Sampler(temperature=params[0], top_p=params[1], top_k=int(params[2]), presence_penalty=0,
+                          frequency_penalty=0)
+        want, clear = reference(flat, sampler, params[3])
+        assert got >= 0 and (got == want or not clear), (params, got, want)
+    # greedy on a flat row: the first id of the maximum
+    assert run_kernel(np.zeros(V, np.float32), [], [], [], [0.0, 0.5, 0, 0.5])[0] == 0
+
+
+def test_sampler_kernel_args_match_its_adjust():
+    """kernel_args says what adjust does: bans subtract +inf, seen tokens their penalty."""
+    sampler = Sampler(presence_penalty=0.3, frequency_penalty=0.5, penalty_decay=0.9, token_ban=[2, 40],
+                      uncounted_ids=[5])
+    for t in (7, 5, 7, 9):
+        sampler.accept(t)
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(64).astype(np.float32)
+    ids, sub, (temperature, top_p, top_k, u) = sampler.kernel_args()
+    z = logits.astype(np.float64)
+    z[ids] -= sub
+    np.testing.assert_allclose(z, sampler.adjust(logits), rtol=1e-6)
+    assert (temperature, top_p, top_k) == (1.0, 0.85, 0) and 0 <= u < 1

@@ -1,0 +1,417 @@
+"""Next-token sampling inside the library: ChatRWKV's penalised top-p / top-k / temperature draw
+(``rwkv_relax.runtime.sampler``) on the logits where the model left them, one token id out.
+
+Why: on the CPU the numpy sampler costs ~0.2 ms a token at vocab 65536 (float64 passes over the
+whole vocabulary), as much as a whole decode step of a small model, and its 1.5 MB of work
+vectors push the model's own data out of L2. Here every pass over the vocabulary is one
+vectorised fp32 sweep split across the cores, and only a few hundred candidates are looked at
+one by one.
+
+Per row b of ``logits`` (B = D0 * D1 rows of V), with ``params[b] = (temperature, top_p, top_k, u)``:
+
+1. Per chunk of the vocabulary (one parallel task each, its data in that core's L1): z = the
+   logits, then ``z[id] -= sub`` for the row's adjustments (row, id, sub): ChatRWKV's presence /
+   frequency penalties, ``sub = +inf`` a ban; the chunk's maximum m_c; e = exp(z - m_c) (the
+   vectorised fp32 exp of ``wkv4.py``), its sum, and the lane-wise maximum of e per group of
+   GROUP vectors. Then m = max m_c and S = sum_c exp(m_c - m) * sum_c: chunk c's e scale by
+   exp(m_c - m), so a banned maximum far above the rest underflows nothing.
+2. Candidates, in increasing id order: the ids with ``e >= RUNG * S``. At most 1 / RUNG = 4096
+   ids can hold a 1/4096 share, and every other token is below all of them. Each chunk is scanned
+   by its own task, visiting only the lanes whose group maximum reaches the threshold.
+3. top-p (< 1): the cutoff is the largest candidate value c with ``sum(e >= c) >= top_p * S``
+   (ChatRWKV's "value at which the sorted cumulative sum reaches top_p", ties kept), found by
+   bisection on the fp32 bit patterns of the candidates (vectorised sums); top-k (0 < k < V): the
+   k-th largest value, ties broken towards lower ids as the numpy sampler does. Kept: both.
+   Where the candidates cannot decide (top-p reaches below them, k is larger than their number,
+   or top_p >= 1 without top-k keeps every token), steps 2-3 run again on every token with e > 0.
+4. Weights q = e (temperature 1) or exp(z / T - max / T) in fp64 over the kept tokens; the token
+   is the first kept id whose running sum of q exceeds ``u * sum q`` (``searchsorted(...,
+   "right")``). Temperature 0 is the first id holding the maximum.
+
+The result is the token id, or a negative code that sends the row back to the numpy sampler:
+``NON_FINITE`` (a raw logit is NaN or +-inf, every token is banned, a NaN penalty: the numpy
+sampler raises or handles it), and ``FALLBACK``, a safety net for S = 0 (which cannot happen:
+the chunk holding the maximum adds exp(0) = 1). The draw is the numpy sampler's up to rounding:
+fp32 exp and sums against its float64 ones can move a token sitting exactly on the cutoff, or a
+``u`` on a boundary of the cumulative sum.
+"""
+from __future__ import annotations
+
+import numpy as np
+from tvm.script import tirx as T
+
+from .wkv4 import exp_f32_vec
+
+RUNG = 2.0 ** -12
+TINY = float(np.finfo(np.float32).tiny)  # the second rung: every e > 0
+CHUNKS = 16  # parallel tasks per pass
+LANES = 16
+GROUP = 16  # vectors per group of the candidate search
+NON_FINITE = -1
+FALLBACK = -2
+_BITS = 31  # bisection steps over non-negative fp32 bit patterns [0, 0x7F800000]
+
+
+def _check_vocab(V: int) -> None:
+    if not isinstance(V, int) or isinstance(V, bool) or V < 1:
+        raise ValueError(f"V must be a positive Python int, got {V!r}")
+
+
+def sample_logits(V: int, target: str = "cpu"):
+    """The sampling PrimFunc for vocabulary ``V``: params (logits (D0, D1, V) f32, adj_row (P,) i32,
+    adj_id (P,) i32, adj_sub (P,) f32, params (B, 4) f32, out (B,) i32), B = D0 * D1 rows; D0, D1
+    and P symbolic.
+    ``adj_id`` must lie in [0, V) (ids outside are skipped)."""
+    _check_vocab(V)
+    if target != "cpu":
+        raise ValueError(f"unknown sample_logits target {target!r}; choose 'cpu'")
+    ch = -(-V // (CHUNKS * GROUP * LANES)) * GROUP * LANES  # chunk length, whole groups
+    blocks = ch // LANES  # vectors per chunk
+    groups = blocks // GROUP
+    padded = CHUNKS * ch
+    capacity = padded + LANES  # every token fits: the second rung may take them all
+    f32, f64, i32, i64 = "float32", "float64", "int32", "int64"
+    inf = T.float32(float("inf"))
+    big = T.float32(float(np.finfo(np.float32).max))  # |x| <= big: finite (NaN compares false)
+    hmax, hsum = _lane_tree(T.max), _lane_tree(lambda a, b: a + b)
+
+    @T.macro
+    def bisect(lb, le, n_vec, acc, lo, hi, enough):
+        """Largest bit pattern t in [lo, hi) with enough(t) (monotone: true at lo, false at hi);
+        acc[] holds, per lane, the count or the sum of the candidates with bits >= t."""
+        for _it in range(_BITS):
+            if hi[0] - lo[0] > T.int32(1):
+                mid: T.let = lo[0] + (hi[0] - lo[0]) // T.int32(2)
+                for l in T.vectorized(T.int64(LANES)):
+                    acc[l] = T.float64(0)
+                for i in range(n_vec):
+                    for l in T.vectorized(T.int64(LANES)):
+                        acc[l] = acc[l] + T.Select(lb[i * LANES + l] >= mid, T.Cast(f64, le[i * LANES + l]),
+                                                   T.float64(0))
+                hsum(acc)
+                if enough(acc[0]):
+                    lo[0] = mid
+                else:
+                    hi[0] = mid
+
+    @T.prim_func(private=True, s_tir=True)
+    def sample(var_logits: T.handle, var_adj_row: T.handle, var_adj_id: T.handle,
+               var_adj_sub: T.handle, var_params: T.handle, var_out: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        D0 = T.int64()
+        D1 = T.int64()
+        P = T.int64()
+        # (D0, D1, V) as prefill / decode / batch_decode return it: row b is [b // D1, b % D1]
+        logits = T.match_buffer(var_logits, (D0, D1, V), f32)
+        adj_row = T.match_buffer(var_adj_row, (P,), i32)
+        adj_id = T.match_buffer(var_adj_id, (P,), i32)
+        adj_sub = T.match_buffer(var_adj_sub, (P,), f32)
+        params = T.match_buffer(var_params, (D0 * D1, 4), f32)
+        out = T.match_buffer(var_out, (D0 * D1,), i32)
+        z = T.alloc_buffer((padded,), f32)
+        e = T.alloc_buffer((padded,), f32)
+        gmax = T.alloc_buffer((padded // GROUP,), f32)  # per group of GROUP vectors, lane-wise max of e
+        cid = T.alloc_buffer((padded,), i32)  # each chunk's candidates, in its own slice
+        ccount = T.alloc_buffer((CHUNKS,), i64)
+        cmax = T.alloc_buffer((CHUNKS,), f32)
+        scale = T.alloc_buffer((CHUNKS,), f32)
+        cbad = T.alloc_buffer((CHUNKS,), f32)
+        csum = T.alloc_buffer((CHUNKS,), f64)
+        # the candidates, in increasing id order, padded to whole vectors (bits -1: never counted)
+        lid = T.alloc_buffer((capacity,), i32)
+        le = T.alloc_buffer((capacity,), f32)
+        lz = T.alloc_buffer((capacity,), f32)
+        lb = T.alloc_buffer((capacity,), i32)
+        lq = T.alloc_buffer((capacity,), f64)
+        ones = T.alloc_buffer((capacity,), f32)
+        acc = T.alloc_buffer((LANES,), f64)
+        sf = T.alloc_buffer((2,), f32)  # m, worst
+        sd = T.alloc_buffer((4,), f64)  # S, kept weight, running weight
+        si = T.alloc_buffer((5,), i64)  # n candidates, token, ties left, top-p undecided, decided
+        lo = T.alloc_buffer((1,), i32)
+        hi = T.alloc_buffer((1,), i32)
+        for b in range(D0 * D1):
+            # 1. one task per chunk, on data that stays in its core's L1: z = logits[b] (padding
+            # -inf) with 1 in `bad` where a logit is not finite; this row's penalties and bans in
+            # the chunk; its maximum m_c; e = exp(z - m_c), its sum, and per group of GROUP
+            # vectors the lane-wise maximum of e (vertical: no shuffles in the hot loop)
+            for c in T.parallel(T.int64(CHUNKS)):
+                vec = T.alloc_buffer((LANES,), f32, scope="global")
+                bad = T.alloc_buffer((LANES,), f32, scope="global")
+                part = T.alloc_buffer((LANES,), f32, scope="global")
+                for l in T.vectorized(T.int64(LANES)):
+                    vec[l] = -inf
+                    bad[l] = T.float32(0)
+                for i in range(T.int64(blocks)):
+                    if c * ch + i * LANES + LANES <= V:
+                        for l in T.vectorized(T.int64(LANES)):
+                            x: T.let = logits[b // D1, b % D1, c * ch + i * LANES + l]
+                            z[c * ch + i * LANES + l] = x
+                            bad[l] = T.max(bad[l], T.Select(T.fabs(x) <= big, T.float32(0), T.float32(1)))
+                    else:
+                        for l in range(T.int64(LANES)):
+                            if c * ch + i * LANES + l < V:
+                                y: T.let = logits[b // D1, b % D1, c * ch + i * LANES + l]
+                                z[c * ch + i * LANES + l] = y
+                                bad[l] = T.max(bad[l], T.Select(T.fabs(y) <= big, T.float32(0), T.float32(1)))
+                            else:
+                                z[c * ch + i * LANES + l] = -inf
+                hmax(bad)
+                cbad[c] = bad[0]
+                for p in range(P):
+                    if adj_row[p] == T.Cast(i32, b) and T.Cast(i64, adj_id[p]) >= c * ch and T.Cast(
+                            i64, adj_id[p]) < c * ch + ch and adj_id[p] < V:
+                        z[adj_id[p]] = z[adj_id[p]] - adj_sub[p]
+                for i in range(T.int64(blocks)):
+                    for l in T.vectorized(T.int64(LANES)):
+                        vec[l] = T.max(vec[l], z[c * ch + i * LANES + l])
+                hmax(vec)
+                cmax[c] = vec[0]
+                mc: T.let = vec[0]
+                for l in T.vectorized(T.int64(LANES)):
+                    part[l] = T.float32(0)
+                for g in range(T.int64(groups)):
+                    for l in T.vectorized(T.int64(LANES)):
+                        vec[l] = T.float32(0)
+                    if mc > -inf:  # else the chunk is all -inf: e = 0
+                        for v in range(T.int64(GROUP)):
+                            for l in T.vectorized(T.int64(LANES)):
+                                ev: T.let = exp_f32_vec(z[c * ch + (g * GROUP + v) * LANES + l] - mc)
+                                e[c * ch + (g * GROUP + v) * LANES + l] = ev
+                                part[l] = part[l] + ev
+                                vec[l] = T.max(vec[l], ev)
+                    for l in T.vectorized(T.int64(LANES)):
+                        gmax[(c * groups + g) * LANES + l] = vec[l]
+                hsum(part)
+                csum[c] = T.Cast(f64, part[0])
+            sf[0] = -inf
+            sf[1] = T.float32(0)
+            for c in range(T.int64(CHUNKS)):
+                sf[0] = T.max(sf[0], cmax[c])
+                sf[1] = T.max(sf[1], cbad[c])
+            m: T.let = sf[0]
+            if sf[1] != T.float32(0) or m == -inf or m != m:
+                out[b] = T.int32(NON_FINITE)  # a logit not finite, everything banned, a NaN penalty
+            else:
+                # 2. S = sum_c exp(m_c - m) * sum(chunk c); chunk c's e scale by f_c = exp(m_c - m)
+                sd[0] = T.float64(0)
+                for c in range(T.int64(CHUNKS)):
+                    if cmax[c] > -inf:
+                        scale[c] = T.Cast(f32, T.exp(T.Cast(f64, cmax[c]) - T.Cast(f64, m)))
+                        sd[0] = sd[0] + csum[c] * T.Cast(f64, scale[c])
+                    else:
+                        scale[c] = T.float32(0)
+                # 3-5 on a rung: first the candidates e >= RUNG * S (at most 1 / RUNG of them); when
+                # they cannot decide (top-p reaches below them, top-k is longer, or every token is
+                # kept), every token with e > 0
+                si[4] = T.int64(0)  # decided
+                for attempt in range(2):
+                    if si[4] == T.int64(0):
+                        # 3. candidates: e >= RUNG * S, in increasing id order. Each chunk is scanned by
+                        # the task that wrote it (its e is in that core's cache) into its own slice, then
+                        # the slices are joined. Id = (group * GROUP + v) * LANES + l: the lanes whose
+                        # group maximum reaches the threshold, then v outer, so ids come out in order
+                        thr: T.let = T.Select(attempt == 0, T.Cast(f32, sd[0] * T.float64(RUNG)),
+                                             T.float32(TINY))
+                        for c in T.parallel(T.int64(CHUNKS)):
+                            hit = T.alloc_buffer((LANES,), i32, scope="global")
+                            nh = T.alloc_buffer((2,), i64, scope="global")  # hit lanes, candidates
+                            nh[1] = T.int64(0)
+                            for g in range(T.int64(groups)):
+                                nh[0] = T.int64(0)
+                                for l in range(T.int64(LANES)):
+                                    if gmax[(c * groups + g) * LANES + l] * scale[c] >= thr:
+                                        hit[nh[0]] = T.Cast(i32, l)
+                                        nh[0] = nh[0] + T.int64(1)
+                                for v in range(T.int64(GROUP)):
+                                    for j in range(nh[0]):
+                                        idx: T.let = c * ch + (g * GROUP + v) * LANES + T.Cast(i64, hit[j])
+                                        if e[idx] * scale[c] >= thr:
+                                            cid[c * ch + nh[1]] = T.Cast(i32, idx)
+                                            nh[1] = nh[1] + T.int64(1)
+                            ccount[c] = nh[1]
+                        si[0] = T.int64(0)
+                        for c in range(T.int64(CHUNKS)):
+                            for k in range(ccount[c]):
+                                if si[0] < capacity - LANES:
+                                    lid[si[0]] = cid[c * ch + k]
+                                    le[si[0]] = e[cid[c * ch + k]] * scale[c]
+                                    lz[si[0]] = z[cid[c * ch + k]]
+                                    lb[si[0]] = T.reinterpret(i32, le[si[0]])
+                                si[0] = si[0] + T.int64(1)
+                        n_cand: T.let = si[0]
+                        n_vec: T.let = (n_cand + T.int64(LANES - 1)) // T.int64(LANES)
+                        temp: T.let = params[b, 0]
+                        top_p: T.let = params[b, 1]
+                        top_k: T.let = T.Cast(i64, params[b, 2])
+                        k_on: T.let = top_k > T.int64(0) and top_k < V
+                        if sd[0] <= T.float64(0):
+                            out[b] = T.int32(FALLBACK)  # every e underflowed (a huge ban gap)
+                            si[4] = T.int64(1)
+                        elif n_cand == T.int64(0) or n_cand > capacity - LANES or (
+                                top_p >= T.float32(1) and not k_on and attempt == 0) or (k_on and top_k > n_cand):
+                            si[4] = T.int64(0)  # the next rung: every token with e > 0
+                        elif temp <= T.float32(0):
+                            # greedy: the first id holding the maximum (a candidate, if there are any)
+                            si[1] = T.int64(0)
+                            for k in range(n_cand):
+                                if lz[k] > lz[si[1]]:
+                                    si[1] = k
+                            out[b] = lid[si[1]]
+                            si[4] = T.int64(1)
+                        else:
+                            for k in range(n_cand, n_vec * LANES):
+                                le[k] = T.float32(0)
+                                lb[k] = T.int32(-1)
+                            # kept: bits >= lo[0] (top-p), then top-k on top
+                            lo[0] = T.int32(0)
+                            si[3] = T.int64(0)
+                            if top_p < T.float32(1):
+                                target: T.let = T.Cast(f64, top_p) * sd[0]
+                                sd[1] = T.float64(0)
+                                for k in range(n_cand):
+                                    sd[1] = sd[1] + T.Cast(f64, le[k])
+                                if sd[1] < target:
+                                    si[3] = T.int64(1)
+                                else:
+                                    hi[0] = T.int32(0x7F800000)
+                                    bisect(lb, le, n_vec, acc, lo, hi, lambda got: got >= target)
+                            for k in range(n_cand):
+                                lq[k] = T.Select(lb[k] >= lo[0], T.float64(1), T.float64(0))
+                            if k_on:
+                                # the k-th largest value: largest t with count(bits >= t) >= k
+                                lo[0] = T.int32(0)
+                                hi[0] = T.int32(0x7F800000)
+                                for k in range(n_vec * LANES):
+                                    ones[k] = T.Select(lb[k] >= T.int32(0), T.float32(1), T.float32(0))
+                                bisect(lb, ones, n_vec, acc, lo, hi, lambda got: got >= T.Cast(f64, top_k))
+                                si[2] = top_k  # ties at the k-th kept, lowest ids first
+                                for k in range(n_cand):
+                                    if lb[k] > lo[0]:
+                                        si[2] = si[2] - T.int64(1)
+                                for k in range(n_cand):
+                                    if lb[k] < lo[0]:
+                                        lq[k] = T.float64(0)
+                                    elif lb[k] == lo[0]:
+                                        if si[2] > T.int64(0):
+                                            si[2] = si[2] - T.int64(1)
+                                        else:
+                                            lq[k] = T.float64(0)
+                            if si[3] == T.int64(1):
+                                si[4] = T.int64(0)  # top-p reaches below the rung: the next one
+                            else:
+                                si[4] = T.int64(1)
+                                # 5. weights over the kept ids; the first running sum > u * total
+                                sf[1] = -inf  # the kept maximum of z: the temperature's shift
+                                for k in range(n_cand):
+                                    if lq[k] > T.float64(0):
+                                        sf[1] = T.max(sf[1], lz[k])
+                                sd[2] = T.float64(0)
+                                for k in range(n_cand):
+                                    if lq[k] > T.float64(0):
+                                        if temp == T.float32(1):
+                                            lq[k] = T.Cast(f64, le[k])
+                                        else:
+                                            lq[k] = T.exp(T.Cast(f64, lz[k]) / T.Cast(f64, temp)
+                                                          - T.Cast(f64, sf[1]) / T.Cast(f64, temp))
+                                        sd[2] = sd[2] + lq[k]
+                                goal: T.let = T.Cast(f64, params[b, 3]) * sd[2]
+                                sd[3] = T.float64(0)
+                                si[1] = T.int64(-1)
+                                for k in range(n_cand):
+                                    if lq[k] > T.float64(0):
+                                        sd[3] = sd[3] + lq[k]
+                                        if si[1] < T.int64(0) and sd[3] > goal:
+                                            si[1] = T.Cast(i64, lid[k])
+                                if si[1] < T.int64(0):  # u * total rounded up to the total itself
+                                    for k in range(n_cand):
+                                        if lq[k] > T.float64(0):
+                                            si[1] = T.Cast(i64, lid[k])
+                                out[b] = T.Cast(i32, si[1])
+                if si[4] == T.int64(0):
+                    out[b] = T.int32(FALLBACK)
+
+    return sample
+
+
+def _lane_tree(op):
+    """Macro: part[0] = op over the 16 lanes of part, a pairwise tree."""
+
+    @T.macro
+    def tree(part):
+        for l in T.vectorized(T.int64(8)):
+            part[l] = op(part[l], part[l + 8])
+        for l in T.vectorized(T.int64(4)):
+            part[l] = op(part[l], part[l + 4])
+        for l in T.vectorized(T.int64(2)):
+            part[l] = op(part[l], part[l + 2])
+        part[0] = op(part[0], part[1])
+
+    return tree
+
+
+def sample_logits_numpy(logits: np.ndarray, adj_row: np.ndarray, adj_id: np.ndarray, adj_sub: np.ndarray,
+                        params: np.ndarray) -> np.ndarray:
+    """Twin of :func:`sample_logits`, step for step (fp32 e, fp64 sums; numpy's exp in place of
+    the kernel's polynomial, which is within 1 ulp of it). Returns the (B,) int32 tokens / codes."""
+    logits = np.asarray(logits, np.float32).reshape(-1, np.shape(logits)[-1])
+    out = np.empty(logits.shape[0], np.int32)
+    for b, row in enumerate(logits):
+        out[b] = _sample_row(row, np.asarray(adj_id)[np.asarray(adj_row) == b],
+                             np.asarray(adj_sub, np.float32)[np.asarray(adj_row) == b], params[b])
+    return out
+
+
+def _sample_row(raw: np.ndarray, ids: np.ndarray, sub: np.ndarray, params) -> int:
+    temperature, top_p, top_k, u = (float(p) for p in params)
+    top_k = int(top_k)
+    if not np.isfinite(raw).all():
+        return NON_FINITE
+    z = raw.copy()
+    for i, s in zip(ids, sub):  # in order: an id listed twice is adjusted twice
+        if 0 <= i < z.size:
+            z[i] = np.float32(z[i] - s)
+    m = z.max()
+    if m == -np.inf or np.isnan(m):
+        return NON_FINITE
+    with np.errstate(under="ignore", invalid="ignore"):
+        e = np.exp(z - m).astype(np.float32)
+    e[np.isnan(e)] = 0
+    S = e.astype(np.float64).sum()
+    if S <= 0:
+        return FALLBACK
+    k_on = 0 < top_k < z.size
+    for rung in (np.float32(S * RUNG), np.float32(TINY)):
+        cand = np.flatnonzero(e >= rung)
+        if cand.size == 0:
+            continue
+        if temperature <= 0:
+            return int(cand[np.argmax(z[cand])])
+        if (top_p >= 1 and not k_on) and rung != np.float32(TINY) or (k_on and top_k > cand.size):
+            continue
+        le = e[cand]
+        keep = np.ones(cand.size, bool)
+        if top_p < 1:
+            target = np.float64(np.float32(top_p)) * S
+            if le.astype(np.float64).sum() < target:
+                continue
+            desc = np.sort(le)[::-1]
+            cutoff = desc[np.searchsorted(np.cumsum(desc.astype(np.float64)), target)]
+            keep &= le >= cutoff
+        if k_on:
+            kth = np.sort(le)[::-1][top_k - 1]
+            ranked = le > kth
+            ties = np.flatnonzero(le == kth)
+            ranked[ties[:top_k - int(ranked.sum())]] = True
+            keep &= ranked
+        break
+    else:
+        return FALLBACK
+    kept = cand[keep]
+    if temperature == 1:
+        q = e[kept].astype(np.float64)
+    else:
+        zk = z[kept].astype(np.float64)
+        q = np.exp(zk / np.float64(np.float32(temperature)) - zk.max() / np.float64(np.float32(temperature)))
+    cdf = np.cumsum(q)
+    return int(kept[min(int(np.searchsorted(cdf, np.float64(np.float32(u)) * cdf[-1], side="right")), kept.size - 1)])
