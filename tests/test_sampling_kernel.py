@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tvm
 
-from rwkv_relax.runtime.sampler import Sampler
-from tir_kernels.sampling import NON_FINITE, sample_logits, sample_logits_numpy
+from rwkv_relax.runtime.sampler import INF_LOGITS, KERNEL_ERRORS, NAN_LOGITS, NOTHING_TO_SAMPLE, Sampler, SamplerError
+from tir_kernels.sampling import NAN, NOTHING, POS_INF, sample_logits, sample_logits_numpy
 
 
 @functools.lru_cache(maxsize=None)
@@ -22,7 +22,8 @@ def _build(V: int):
 
 
 def run_kernel(logits, adj_row, adj_id, adj_sub, params) -> np.ndarray:
-    logits = np.atleast_2d(np.asarray(logits, np.float32))[None]  # (1, B, V), as batch_prefill returns
+    """The kernel on a copy of ``logits`` (it works in place), as (1, B, V) like batch_prefill's."""
+    logits = np.atleast_2d(np.asarray(logits, np.float32))[None]
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(np.ascontiguousarray(a, dt), dev) for a, dt in (
         (logits, np.float32), (adj_row, np.int32), (adj_id, np.int32), (adj_sub, np.float32),
@@ -115,22 +116,52 @@ def test_rows_are_sampled_independently_with_their_own_adjustments():
     np.testing.assert_array_equal(batch, sample_logits_numpy(logits, rows, ids, sub, params))
 
 
-def test_what_the_kernel_hands_back_to_numpy():
+def test_bad_logits_give_the_numpy_samplers_errors():
+    """Codes for what the numpy sampler raises, in its order of checks (one code table)."""
+    assert KERNEL_ERRORS == {NOTHING: NOTHING_TO_SAMPLE, NAN: NAN_LOGITS, POS_INF: INF_LOGITS}
     V = 8192
     params = [1.0, 0.5, 0, 0.5]
-    logits = np.zeros(V, np.float32)
-    for bad in (np.nan, np.inf, -np.inf):
+    logits = np.random.default_rng(2).standard_normal(V).astype(np.float32)
+
+    def numpy_error(x, temperature=1.0):
+        sampler = Sampler(temperature=temperature, top_p=0.5, presence_penalty=0, frequency_penalty=0)
+        try:
+            return sampler.sample(x)
+        except SamplerError as err:
+            return str(err)
+
+    cases = {"nan": (17, np.nan), "+inf": (17, np.inf), "nan after +inf": (4000, np.nan)}
+    for name, (at, bad) in cases.items():
         x = logits.copy()
-        x[17] = bad
-        assert run_kernel(x, [], [], [], params)[0] == NON_FINITE
-    # every token banned
-    assert run_kernel(logits, np.zeros(V, np.int32), np.arange(V), np.full(V, np.inf), params)[0] == NON_FINITE
+        x[at] = bad
+        if name == "nan after +inf":
+            x[20] = np.inf
+        for temperature in (1.0, 0.0):
+            got = run_kernel(x, [], [], [], [temperature, *params[1:]])[0]
+            want = numpy_error(x, temperature)
+            assert (KERNEL_ERRORS[got] if got < 0 else got) == want, (name, temperature)
+    x = logits.copy()
+    x[:100] = -np.inf  # -inf logits are tokens that cannot be drawn, not an error
+    assert run_kernel(x, [], [], [], params)[0] >= 100
+    assert run_kernel(logits, np.zeros(V, np.int32), np.arange(V), np.full(V, np.inf), params)[0] == NOTHING
     # a banned maximum 200 above the rest: the shift is the maximum after the ban, nothing underflows
     x = np.full(V, -200.0, np.float32)
     x[3] = 0.0
     x[4000] = -199.0
     sampler = Sampler(top_p=0.5, presence_penalty=0, frequency_penalty=0, token_ban=[3])
     assert run_kernel(x, [0], [3], [np.inf], params)[0] == reference(x, sampler, 0.5)[0] >= 0
+
+
+def test_the_kernel_consumes_its_logits():
+    """It works in place (nothing else of the logits' size is written): they become exp(x - max)."""
+    V = 200  # one chunk (exp is taken from each chunk's own maximum), not a whole number of vectors
+    x = logits_like_a_model(np.random.default_rng(3), V)
+    dev = tvm.cpu()
+    t = tvm.runtime.tensor(x[None, None], dev)
+    out = tvm.runtime.empty((1,), "int32", dev)
+    _build(V)(t, *(tvm.runtime.tensor(np.zeros(0, dt), dev) for dt in (np.int32, np.int32, np.float32)),
+              tvm.runtime.tensor(np.array([[1.0, 0.5, 0, 0.5]], np.float32), dev), out)
+    np.testing.assert_allclose(t.numpy()[0, 0], np.exp(x - x.max()), rtol=1e-6)
 
 
 def test_flat_rows_and_keep_all_are_decided_on_the_second_rung():
@@ -144,6 +175,7 @@ def test_flat_rows_and_keep_all_are_decided_on_the_second_rung():
                           frequency_penalty=0)
         want, clear = reference(flat, sampler, params[3])
         assert got >= 0 and (got == want or not clear), (params, got, want)
+        assert got == sample_logits_numpy(flat[None], [], [], [], np.array([params], np.float32))[0]
     # greedy on a flat row: the first id of the maximum
     assert run_kernel(np.zeros(V, np.float32), [], [], [], [0.0, 0.5, 0, 0.5])[0] == 0
 

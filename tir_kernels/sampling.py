@@ -9,12 +9,14 @@ one by one.
 
 Per row b of ``logits`` (B = D0 * D1 rows of V), with ``params[b] = (temperature, top_p, top_k, u)``:
 
-1. Per chunk of the vocabulary (one parallel task each, its data in that core's L1): z = the
-   logits, then ``z[id] -= sub`` for the row's adjustments (row, id, sub): ChatRWKV's presence /
-   frequency penalties, ``sub = +inf`` a ban; the chunk's maximum m_c; e = exp(z - m_c) (the
-   vectorised fp32 exp of ``wkv4.py``), its sum, and the lane-wise maximum of e per group of
-   GROUP vectors. Then m = max m_c and S = sum_c exp(m_c - m) * sum_c: chunk c's e scale by
-   exp(m_c - m), so a banned maximum far above the rest underflows nothing.
+1. Per chunk of the vocabulary (one parallel task each, its data in that core's L1), in place in
+   the logits, which the kernel consumes: the row's adjustments (row, id, sub), ``x[id] -= sub``
+   (ChatRWKV's presence / frequency penalties; ``sub = +inf`` bans); the chunk's maximum m_c and
+   whether anything is NaN, +inf or finite; then e = exp(x - m_c) over x (the vectorised fp32 exp
+   of ``wkv4.py``), its sum, and the lane-wise maximum of e per group of GROUP vectors. Then
+   m = max m_c and S = sum_c exp(m_c - m) * sum_c: chunk c's e scale by exp(m_c - m), so a banned
+   maximum far above the rest underflows nothing. Nothing but the logits is written at this
+   size: the sampler must not push the model's own data out of the caches.
 2. Candidates, in increasing id order: the ids with ``e >= RUNG * S``. At most 1 / RUNG = 4096
    ids can hold a 1/4096 share, and every other token is below all of them. Each chunk is scanned
    by its own task, visiting only the lanes whose group maximum reaches the threshold.
@@ -24,20 +26,20 @@ Per row b of ``logits`` (B = D0 * D1 rows of V), with ``params[b] = (temperature
    k-th largest value, ties broken towards lower ids as the numpy sampler does. Kept: both.
    Where the candidates cannot decide (top-p reaches below them, k is larger than their number,
    or top_p >= 1 without top-k keeps every token), steps 2-3 run again on every token with e > 0.
-4. Weights q = e (temperature 1) or exp(z / T - max / T) in fp64 over the kept tokens; the token
-   is the first kept id whose running sum of q exceeds ``u * sum q`` (``searchsorted(...,
-   "right")``). Temperature 0 is the first id holding the maximum.
+4. Weights q = e^(1 / T) = exp((x - m) / T) in fp64 over the kept tokens (the maximum is always
+   kept); the token is the first kept id whose running sum of q exceeds ``u * sum q``
+   (``searchsorted(..., "right")``). Temperature 0 is the first id holding the maximum.
 
-The result is the token id, or a negative code that sends the row back to the numpy sampler:
-``NON_FINITE`` (a raw logit is NaN or +-inf, every token is banned, a NaN penalty: the numpy
-sampler raises or handles it), and ``FALLBACK``, a safety net for S = 0 (which cannot happen:
-the chunk holding the maximum adds exp(0) = 1). The draw is the numpy sampler's up to rounding:
-fp32 exp and sums against its float64 ones can move a token sitting exactly on the cutoff, or a
-``u`` on a boundary of the cumulative sum.
+The result is the token id, or what the numpy sampler raises for, in its order of checks:
+``NOTHING`` (every token banned or not finite), ``NAN``, ``POS_INF`` (temperature 0 returns the
+first +inf instead, as numpy's argmax does). The draw is the numpy sampler's up to rounding: fp32
+exp and sums against its float64 ones can move a token sitting exactly on the cutoff, a ``u`` on
+a boundary of the cumulative sum, or (temperature 0) two logits within an fp32 rounding of the max.
 """
 from __future__ import annotations
 
 import numpy as np
+from tvm import tirx
 from tvm.script import tirx as T
 
 from .wkv4 import exp_f32_vec
@@ -47,8 +49,10 @@ TINY = float(np.finfo(np.float32).tiny)  # the second rung: every e > 0
 CHUNKS = 16  # parallel tasks per pass
 LANES = 16
 GROUP = 16  # vectors per group of the candidate search
-NON_FINITE = -1
-FALLBACK = -2
+# what the numpy sampler raises for (SamplerError), in its order of checks
+NOTHING = -1  # every token banned or not finite
+NAN = -2  # a logit (or a penalty) is NaN
+POS_INF = -3  # a logit is +inf (temperature 0 takes it as the maximum instead)
 _BITS = 31  # bisection steps over non-negative fp32 bit patterns [0, 0x7F800000]
 
 
@@ -72,8 +76,16 @@ def sample_logits(V: int, target: str = "cpu"):
     capacity = padded + LANES  # every token fits: the second rung may take them all
     f32, f64, i32, i64 = "float32", "float64", "int32", "int64"
     inf = T.float32(float("inf"))
-    big = T.float32(float(np.finfo(np.float32).max))  # |x| <= big: finite (NaN compares false)
-    hmax, hsum = _lane_tree(T.max), _lane_tree(lambda a, b: a + b)
+    # |x| <= big: finite; NaN is the value that is neither finite nor infinite (TVM's simplifier
+    # folds the textbook x != x to false)
+    big = T.float32(float(np.finfo(np.float32).max))
+
+    def is_finite(x):  # 1.0 / 0.0
+        return T.Select(T.fabs(x) <= big, T.float32(1), T.float32(0))
+
+    def is_nan(x):
+        return T.Select(tirx.any(T.fabs(x) <= big, T.fabs(x) == inf), T.float32(0), T.float32(1))
+    hmax, hmin, hsum = _lane_tree(T.max), _lane_tree(T.min), _lane_tree(lambda a, b: a + b)
 
     @T.macro
     def bisect(lb, le, n_vec, acc, lo, hi, enough):
@@ -108,90 +120,117 @@ def sample_logits(V: int, target: str = "cpu"):
         adj_sub = T.match_buffer(var_adj_sub, (P,), f32)
         params = T.match_buffer(var_params, (D0 * D1, 4), f32)
         out = T.match_buffer(var_out, (D0 * D1,), i32)
-        z = T.alloc_buffer((padded,), f32)
-        e = T.alloc_buffer((padded,), f32)
         gmax = T.alloc_buffer((padded // GROUP,), f32)  # per group of GROUP vectors, lane-wise max of e
         cid = T.alloc_buffer((padded,), i32)  # each chunk's candidates, in its own slice
         ccount = T.alloc_buffer((CHUNKS,), i64)
         cmax = T.alloc_buffer((CHUNKS,), f32)
+        cflag = T.alloc_buffer((CHUNKS, 2), f32)  # some value finite, some NaN
+        cinf = T.alloc_buffer((CHUNKS,), i32)  # the first +inf id (V: none)
         scale = T.alloc_buffer((CHUNKS,), f32)
-        cbad = T.alloc_buffer((CHUNKS,), f32)
         csum = T.alloc_buffer((CHUNKS,), f64)
         # the candidates, in increasing id order, padded to whole vectors (bits -1: never counted)
         lid = T.alloc_buffer((capacity,), i32)
         le = T.alloc_buffer((capacity,), f32)
-        lz = T.alloc_buffer((capacity,), f32)
         lb = T.alloc_buffer((capacity,), i32)
         lq = T.alloc_buffer((capacity,), f64)
         ones = T.alloc_buffer((capacity,), f32)
         acc = T.alloc_buffer((LANES,), f64)
-        sf = T.alloc_buffer((2,), f32)  # m, worst
+        sf = T.alloc_buffer((3,), f32)  # m, some value finite, some NaN
         sd = T.alloc_buffer((4,), f64)  # S, kept weight, running weight
         si = T.alloc_buffer((5,), i64)  # n candidates, token, ties left, top-p undecided, decided
         lo = T.alloc_buffer((1,), i32)
         hi = T.alloc_buffer((1,), i32)
         for b in range(D0 * D1):
-            # 1. one task per chunk, on data that stays in its core's L1: z = logits[b] (padding
-            # -inf) with 1 in `bad` where a logit is not finite; this row's penalties and bans in
-            # the chunk; its maximum m_c; e = exp(z - m_c), its sum, and per group of GROUP
-            # vectors the lane-wise maximum of e (vertical: no shuffles in the hot loop)
+            r0: T.let = b // D1
+            r1: T.let = b % D1
+            # 1. one task per chunk, on data in its core's L1, all in place in the logits: this
+            # row's penalties and bans in the chunk; the chunk's maximum m_c and what is not
+            # finite; e = exp(x - m_c) over x, its sum, and per group of GROUP vectors the
+            # lane-wise maximum of e (vertical: no shuffles in the hot loop)
             for c in T.parallel(T.int64(CHUNKS)):
                 vec = T.alloc_buffer((LANES,), f32, scope="global")
-                bad = T.alloc_buffer((LANES,), f32, scope="global")
+                fin = T.alloc_buffer((LANES,), f32, scope="global")
+                nan = T.alloc_buffer((LANES,), f32, scope="global")
+                pinf = T.alloc_buffer((LANES,), i32, scope="global")
                 part = T.alloc_buffer((LANES,), f32, scope="global")
-                for l in T.vectorized(T.int64(LANES)):
-                    vec[l] = -inf
-                    bad[l] = T.float32(0)
-                for i in range(T.int64(blocks)):
-                    if c * ch + i * LANES + LANES <= V:
-                        for l in T.vectorized(T.int64(LANES)):
-                            x: T.let = logits[b // D1, b % D1, c * ch + i * LANES + l]
-                            z[c * ch + i * LANES + l] = x
-                            bad[l] = T.max(bad[l], T.Select(T.fabs(x) <= big, T.float32(0), T.float32(1)))
-                    else:
-                        for l in range(T.int64(LANES)):
-                            if c * ch + i * LANES + l < V:
-                                y: T.let = logits[b // D1, b % D1, c * ch + i * LANES + l]
-                                z[c * ch + i * LANES + l] = y
-                                bad[l] = T.max(bad[l], T.Select(T.fabs(y) <= big, T.float32(0), T.float32(1)))
-                            else:
-                                z[c * ch + i * LANES + l] = -inf
-                hmax(bad)
-                cbad[c] = bad[0]
                 for p in range(P):
                     if adj_row[p] == T.Cast(i32, b) and T.Cast(i64, adj_id[p]) >= c * ch and T.Cast(
                             i64, adj_id[p]) < c * ch + ch and adj_id[p] < V:
-                        z[adj_id[p]] = z[adj_id[p]] - adj_sub[p]
+                        logits[r0, r1, adj_id[p]] = logits[r0, r1, adj_id[p]] - adj_sub[p]
+                for l in T.vectorized(T.int64(LANES)):
+                    vec[l] = -inf
+                    fin[l] = T.float32(0)
+                    nan[l] = T.float32(0)
+                    pinf[l] = T.int32(V)
                 for i in range(T.int64(blocks)):
-                    for l in T.vectorized(T.int64(LANES)):
-                        vec[l] = T.max(vec[l], z[c * ch + i * LANES + l])
+                    if c * ch + i * LANES + LANES <= V:
+                        for l in T.vectorized(T.int64(LANES)):
+                            x: T.let = logits[r0, r1, c * ch + i * LANES + l]
+                            vec[l] = T.max(vec[l], x)
+                            fin[l] = T.max(fin[l], is_finite(x))
+                            nan[l] = T.max(nan[l], is_nan(x))
+                            pinf[l] = T.min(pinf[l], T.Select(x == inf, T.Cast(i32, c * ch + i * LANES + l),
+                                                              T.int32(V)))
+                    elif c * ch + i * LANES < V:
+                        for l in range(T.int64(LANES)):
+                            if c * ch + i * LANES + l < V:
+                                y: T.let = logits[r0, r1, c * ch + i * LANES + l]
+                                vec[l] = T.max(vec[l], y)
+                                fin[l] = T.max(fin[l], is_finite(y))
+                                nan[l] = T.max(nan[l], is_nan(y))
+                                pinf[l] = T.min(pinf[l], T.Select(y == inf, T.Cast(i32, c * ch + i * LANES + l),
+                                                                  T.int32(V)))
                 hmax(vec)
+                hmax(fin)
+                hmax(nan)
+                hmin(pinf)
                 cmax[c] = vec[0]
+                cflag[c, 0] = fin[0]
+                cflag[c, 1] = nan[0]
+                cinf[c] = pinf[0]
                 mc: T.let = vec[0]
                 for l in T.vectorized(T.int64(LANES)):
                     part[l] = T.float32(0)
                 for g in range(T.int64(groups)):
                     for l in T.vectorized(T.int64(LANES)):
                         vec[l] = T.float32(0)
-                    if mc > -inf:  # else the chunk is all -inf: e = 0
+                    if T.fabs(mc) <= big:  # else the chunk has nothing finite to weigh (or will fail)
                         for v in range(T.int64(GROUP)):
-                            for l in T.vectorized(T.int64(LANES)):
-                                ev: T.let = exp_f32_vec(z[c * ch + (g * GROUP + v) * LANES + l] - mc)
-                                e[c * ch + (g * GROUP + v) * LANES + l] = ev
-                                part[l] = part[l] + ev
-                                vec[l] = T.max(vec[l], ev)
+                            at: T.let = c * ch + (g * GROUP + v) * LANES
+                            if at + LANES <= V:
+                                for l in T.vectorized(T.int64(LANES)):
+                                    ev: T.let = exp_f32_vec(logits[r0, r1, at + l] - mc)
+                                    logits[r0, r1, at + l] = ev
+                                    part[l] = part[l] + ev
+                                    vec[l] = T.max(vec[l], ev)
+                            elif at < V:
+                                for l in range(T.int64(LANES)):
+                                    if at + l < V:
+                                        ew: T.let = exp_f32_vec(logits[r0, r1, at + l] - mc)
+                                        logits[r0, r1, at + l] = ew
+                                        part[l] = part[l] + ew
+                                        vec[l] = T.max(vec[l], ew)
                     for l in T.vectorized(T.int64(LANES)):
                         gmax[(c * groups + g) * LANES + l] = vec[l]
                 hsum(part)
                 csum[c] = T.Cast(f64, part[0])
             sf[0] = -inf
             sf[1] = T.float32(0)
+            sf[2] = T.float32(0)
+            si[1] = T.int64(V)
             for c in range(T.int64(CHUNKS)):
                 sf[0] = T.max(sf[0], cmax[c])
-                sf[1] = T.max(sf[1], cbad[c])
+                sf[1] = T.max(sf[1], cflag[c, 0])
+                sf[2] = T.max(sf[2], cflag[c, 1])
+                si[1] = T.min(si[1], T.Cast(i64, cinf[c]))
             m: T.let = sf[0]
-            if sf[1] != T.float32(0) or m == -inf or m != m:
-                out[b] = T.int32(NON_FINITE)  # a logit not finite, everything banned, a NaN penalty
+            # what the numpy sampler raises, in its order (temperature 0 takes a +inf as the maximum)
+            if sf[1] == T.float32(0):
+                out[b] = T.int32(NOTHING)  # every token banned or not finite
+            elif sf[2] != T.float32(0):
+                out[b] = T.int32(NAN)
+            elif si[1] < V:
+                out[b] = T.Select(params[b, 0] <= T.float32(0), T.Cast(i32, si[1]), T.int32(POS_INF))
             else:
                 # 2. S = sum_c exp(m_c - m) * sum(chunk c); chunk c's e scale by f_c = exp(m_c - m)
                 sd[0] = T.float64(0)
@@ -226,7 +265,7 @@ def sample_logits(V: int, target: str = "cpu"):
                                 for v in range(T.int64(GROUP)):
                                     for j in range(nh[0]):
                                         idx: T.let = c * ch + (g * GROUP + v) * LANES + T.Cast(i64, hit[j])
-                                        if e[idx] * scale[c] >= thr:
+                                        if idx < V and logits[r0, r1, idx] * scale[c] >= thr:
                                             cid[c * ch + nh[1]] = T.Cast(i32, idx)
                                             nh[1] = nh[1] + T.int64(1)
                             ccount[c] = nh[1]
@@ -235,8 +274,7 @@ def sample_logits(V: int, target: str = "cpu"):
                             for k in range(ccount[c]):
                                 if si[0] < capacity - LANES:
                                     lid[si[0]] = cid[c * ch + k]
-                                    le[si[0]] = e[cid[c * ch + k]] * scale[c]
-                                    lz[si[0]] = z[cid[c * ch + k]]
+                                    le[si[0]] = logits[r0, r1, cid[c * ch + k]] * scale[c]
                                     lb[si[0]] = T.reinterpret(i32, le[si[0]])
                                 si[0] = si[0] + T.int64(1)
                         n_cand: T.let = si[0]
@@ -245,17 +283,16 @@ def sample_logits(V: int, target: str = "cpu"):
                         top_p: T.let = params[b, 1]
                         top_k: T.let = T.Cast(i64, params[b, 2])
                         k_on: T.let = top_k > T.int64(0) and top_k < V
-                        if sd[0] <= T.float64(0):
-                            out[b] = T.int32(FALLBACK)  # every e underflowed (a huge ban gap)
-                            si[4] = T.int64(1)
-                        elif n_cand == T.int64(0) or n_cand > capacity - LANES or (
-                                top_p >= T.float32(1) and not k_on and attempt == 0) or (k_on and top_k > n_cand):
+                        # on the last rung a k beyond the tokens with e > 0 keeps them all
+                        k_use: T.let = k_on and top_k <= n_cand
+                        if attempt == 0 and (n_cand == T.int64(0) or n_cand > capacity - LANES or (
+                                top_p >= T.float32(1) and not k_on) or (k_on and top_k > n_cand)):
                             si[4] = T.int64(0)  # the next rung: every token with e > 0
                         elif temp <= T.float32(0):
                             # greedy: the first id holding the maximum (a candidate, if there are any)
                             si[1] = T.int64(0)
                             for k in range(n_cand):
-                                if lz[k] > lz[si[1]]:
+                                if le[k] > le[si[1]]:
                                     si[1] = k
                             out[b] = lid[si[1]]
                             si[4] = T.int64(1)
@@ -271,14 +308,14 @@ def sample_logits(V: int, target: str = "cpu"):
                                 sd[1] = T.float64(0)
                                 for k in range(n_cand):
                                     sd[1] = sd[1] + T.Cast(f64, le[k])
-                                if sd[1] < target:
-                                    si[3] = T.int64(1)
+                                if sd[1] < target:  # (on the last rung only by rounding: keep all)
+                                    si[3] = T.Select(attempt == 0, T.int64(1), T.int64(0))
                                 else:
                                     hi[0] = T.int32(0x7F800000)
                                     bisect(lb, le, n_vec, acc, lo, hi, lambda got: got >= target)
                             for k in range(n_cand):
                                 lq[k] = T.Select(lb[k] >= lo[0], T.float64(1), T.float64(0))
-                            if k_on:
+                            if k_use:
                                 # the k-th largest value: largest t with count(bits >= t) >= k
                                 lo[0] = T.int32(0)
                                 hi[0] = T.int32(0x7F800000)
@@ -302,18 +339,14 @@ def sample_logits(V: int, target: str = "cpu"):
                             else:
                                 si[4] = T.int64(1)
                                 # 5. weights over the kept ids; the first running sum > u * total
-                                sf[1] = -inf  # the kept maximum of z: the temperature's shift
-                                for k in range(n_cand):
-                                    if lq[k] > T.float64(0):
-                                        sf[1] = T.max(sf[1], lz[k])
                                 sd[2] = T.float64(0)
                                 for k in range(n_cand):
                                     if lq[k] > T.float64(0):
                                         if temp == T.float32(1):
                                             lq[k] = T.Cast(f64, le[k])
                                         else:
-                                            lq[k] = T.exp(T.Cast(f64, lz[k]) / T.Cast(f64, temp)
-                                                          - T.Cast(f64, sf[1]) / T.Cast(f64, temp))
+                                            # exp((z - max) / T) = e^(1 / T): the maximum is kept, e = 1
+                                            lq[k] = T.exp(T.log(T.Cast(f64, le[k])) / T.Cast(f64, temp))
                                         sd[2] = sd[2] + lq[k]
                                 goal: T.let = T.Cast(f64, params[b, 3]) * sd[2]
                                 sd[3] = T.float64(0)
@@ -328,8 +361,6 @@ def sample_logits(V: int, target: str = "cpu"):
                                         if lq[k] > T.float64(0):
                                             si[1] = T.Cast(i64, lid[k])
                                 out[b] = T.Cast(i32, si[1])
-                if si[4] == T.int64(0):
-                    out[b] = T.int32(FALLBACK)
 
     return sample
 
@@ -362,56 +393,51 @@ def sample_logits_numpy(logits: np.ndarray, adj_row: np.ndarray, adj_id: np.ndar
     return out
 
 
-def _sample_row(raw: np.ndarray, ids: np.ndarray, sub: np.ndarray, params) -> int:
+def _sample_row(x: np.ndarray, ids: np.ndarray, sub: np.ndarray, params) -> int:
     temperature, top_p, top_k, u = (float(p) for p in params)
     top_k = int(top_k)
-    if not np.isfinite(raw).all():
-        return NON_FINITE
-    z = raw.copy()
+    x = x.copy()
     for i, s in zip(ids, sub):  # in order: an id listed twice is adjusted twice
-        if 0 <= i < z.size:
-            z[i] = np.float32(z[i] - s)
-    m = z.max()
-    if m == -np.inf or np.isnan(m):
-        return NON_FINITE
-    with np.errstate(under="ignore", invalid="ignore"):
-        e = np.exp(z - m).astype(np.float32)
-    e[np.isnan(e)] = 0
+        if 0 <= i < x.size:
+            x[i] = np.float32(x[i] - s)
+    if not np.isfinite(x).any():
+        return NOTHING
+    if np.isnan(x).any():
+        return NAN
+    if (x == np.inf).any():
+        return int(np.argmax(x == np.inf)) if temperature <= 0 else POS_INF
+    m = x.max()
+    with np.errstate(under="ignore"):
+        e = np.exp(x - m).astype(np.float32)
     S = e.astype(np.float64).sum()
-    if S <= 0:
-        return FALLBACK
-    k_on = 0 < top_k < z.size
-    for rung in (np.float32(S * RUNG), np.float32(TINY)):
+    k_on = 0 < top_k < x.size
+    for last, rung in ((False, np.float32(S * RUNG)), (True, np.float32(TINY))):
         cand = np.flatnonzero(e >= rung)
-        if cand.size == 0:
-            continue
-        if temperature <= 0:
-            return int(cand[np.argmax(z[cand])])
-        if (top_p >= 1 and not k_on) and rung != np.float32(TINY) or (k_on and top_k > cand.size):
+        if not last and (cand.size == 0 or (top_p >= 1 and not k_on) or (k_on and top_k > cand.size)):
             continue
         le = e[cand]
+        if temperature <= 0:
+            return int(cand[np.argmax(le)])
         keep = np.ones(cand.size, bool)
         if top_p < 1:
             target = np.float64(np.float32(top_p)) * S
             if le.astype(np.float64).sum() < target:
-                continue
-            desc = np.sort(le)[::-1]
-            cutoff = desc[np.searchsorted(np.cumsum(desc.astype(np.float64)), target)]
-            keep &= le >= cutoff
-        if k_on:
+                if not last:
+                    continue
+            else:
+                desc = np.sort(le)[::-1]
+                cutoff = desc[np.searchsorted(np.cumsum(desc.astype(np.float64)), target)]
+                keep &= le >= cutoff
+        if k_on and top_k <= cand.size:
             kth = np.sort(le)[::-1][top_k - 1]
             ranked = le > kth
             ties = np.flatnonzero(le == kth)
             ranked[ties[:top_k - int(ranked.sum())]] = True
             keep &= ranked
         break
-    else:
-        return FALLBACK
     kept = cand[keep]
-    if temperature == 1:
-        q = e[kept].astype(np.float64)
-    else:
-        zk = z[kept].astype(np.float64)
-        q = np.exp(zk / np.float64(np.float32(temperature)) - zk.max() / np.float64(np.float32(temperature)))
+    q = e[kept].astype(np.float64)
+    if temperature != 1:
+        q = np.exp(np.log(q) / np.float64(np.float32(temperature)))
     cdf = np.cumsum(q)
     return int(kept[min(int(np.searchsorted(cdf, np.float64(np.float32(u)) * cdf[-1], side="right")), kept.size - 1)])

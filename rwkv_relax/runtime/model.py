@@ -25,7 +25,7 @@ from ..errors import RWKVRelaxError
 from ..loaders import open_checkpoint, time_state
 from ..registry import get_spec
 from ..weights import check_matches, library_params, open_weights
-from .sampler import Sampler
+from .sampler import KERNEL_ERRORS, Sampler, SamplerError
 from .sequences import RuntimeSequence, State, successor
 from .threads import use_all_cpus
 
@@ -246,11 +246,12 @@ class CompiledModel:
 
     def sample(self, logits, sampler: Sampler) -> int:
         """The next token drawn by ``sampler`` (not recorded: see ``Sampler.accept``) from one row
-        of logits as :meth:`advance_raw` returns them. Where the library carries the sampling
-        kernel the draw happens there and the logits never reach numpy; the kernel's fallbacks
-        (non-finite logits, a distribution too flat for its candidate list) and libraries without
-        it use ``sampler.sample`` with the same uniform draw."""
-        if not self.has_sampler or self._one_id_view is None:
+        of logits as :meth:`advance_raw` returns them, which it CONSUMES. Where the library
+        carries the sampling kernel (llvm) the draw happens there, in place in the logits, which
+        never reach numpy; a sampler that keeps every token (top_p >= 1, no top_k: a softmax
+        over the whole vocabulary, whole-vector numpy work) and libraries without the kernel use
+        ``sampler.sample``. Raises ``SamplerError`` as ``sampler.sample`` would."""
+        if not self.has_sampler or self._one_id_view is None or sampler.keeps_every_token(self.vocab_size):
             return sampler.sample(self._host(logits).reshape(-1))
         ids, sub, (temperature, top_p, top_k, u) = sampler.kernel_args()
         rows, adj_id, adj_sub, params = self._kernel_inputs(ids.size)
@@ -261,9 +262,9 @@ class CompiledModel:
         self._adjusted = ids.size
         params[0] = temperature, top_p, top_k, u
         token = int(np.from_dlpack(self._fn("sample_logits")(logits, *self._kernel_args))[0])
-        if token >= 0:
-            return token
-        return sampler.sample(self._host(logits).reshape(-1), u)  # NaN / inf, or too flat: numpy
+        if token < 0:
+            raise SamplerError(KERNEL_ERRORS[token])
+        return token
 
     def _kernel_inputs(self, n: int) -> tuple[np.ndarray, ...]:
         """numpy views of the kernel's adjustment and parameter tensors, regrown to hold ``n``

@@ -51,6 +51,14 @@ class SamplerError(RWKVRelaxError):
     """Sampling settings out of range, or logits that leave nothing to sample."""
 
 
+NOTHING_TO_SAMPLE = "every token is banned or has a non-finite logit; nothing to sample"
+NAN_LOGITS = "logits contain NaN"
+INF_LOGITS = "logits contain +inf (an overflow in the model?); nothing to sample"
+# what a library's sample_logits kernel returns in place of a token (tir_kernels/sampling.py:
+# NOTHING, NAN, POS_INF), for the errors :meth:`Sampler.sample` raises
+KERNEL_ERRORS = {-1: NOTHING_TO_SAMPLE, -2: NAN_LOGITS, -3: INF_LOGITS}
+
+
 class Sampler:
     """Penalised top-p / top-k / temperature sampling with its own seeded ``numpy`` generator.
 
@@ -157,6 +165,10 @@ class Sampler:
         u = (self.rng.random() if u is None else u) * cdf[-1]
         return int(ids[min(int(np.searchsorted(cdf, u, side="right")), ids.size - 1)])
 
+    def keeps_every_token(self, vocab_size: int) -> bool:
+        """Neither top-p nor top-k filters (a random draw over the whole softmax)."""
+        return self.temperature > 0 and self.top_p >= 1 and not 0 < self.top_k < vocab_size
+
     def kernel_args(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
         """What a library's ``sample_logits`` kernel takes for one draw (``tir_kernels/sampling.py``):
         the adjusted token ids, the amounts subtracted from their logits (a ban subtracts +inf),
@@ -181,13 +193,13 @@ class Sampler:
         zmax = z.max()
         if not np.isfinite(zmax):  # NaN, -inf everywhere or a +inf: check as the full computation did
             if not np.isfinite(z).any():
-                raise SamplerError("every token is banned or has a non-finite logit; nothing to sample")
+                raise SamplerError(NOTHING_TO_SAMPLE)
             if np.isnan(z).any():
-                raise SamplerError("logits contain NaN")
+                raise SamplerError(NAN_LOGITS)
         if self.temperature == 0:
             return np.array([int(np.argmax(z))]), np.ones(1)
         if zmax == np.inf:
-            raise SamplerError("logits contain +inf (an overflow in the model?); nothing to sample")
+            raise SamplerError(INF_LOGITS)
         top_k = self.top_k if 0 < self.top_k < z.size else 0
         if self.top_p >= 1 and not top_k:  # every token kept: softmax(z / T)
             np.divide(z, self.temperature, out=e)

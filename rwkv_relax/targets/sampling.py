@@ -26,7 +26,10 @@ def attach_sampler(mod: tvm.IRModule, metadata: dict) -> tvm.IRModule:
     with bb.function(SAMPLER, [logits, *rest]):
         gv = bb.add_func(kernel("sample_logits", V), "sample_logits_kernel")
         with bb.dataflow():
-            token = bb.emit_output(relax.call_tir(gv, [logits, *rest], relax.TensorType((d0 * d1,), "int32")))
+            both = bb.emit(relax.call_tir_inplace(gv, [logits, *rest], [0, -1],
+                                                  [relax.TensorType((d0, d1, V), "float32"),
+                                                   relax.TensorType((d0 * d1,), "int32")]))
+            token = bb.emit_output(relax.TupleGetItem(both, 1))
         bb.emit_func_output(token)
     metadata["sampler"] = SAMPLER
     return bb.get()
