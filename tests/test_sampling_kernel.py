@@ -193,3 +193,28 @@ def test_sampler_kernel_args_match_its_adjust():
     z[ids] -= sub
     np.testing.assert_allclose(z, sampler.adjust(logits), rtol=1e-6)
     assert (temperature, top_p, top_k) == (1.0, 0.85, 0) and 0 <= u < 1
+
+
+def test_vectorised_ln_is_within_a_few_ulp():
+    from tvm.script import tirx as T
+
+    from tir_kernels.sampling import ln_f32_vec
+    n = 4096
+
+    @T.prim_func
+    def ln(x: T.Buffer((n,), "float32"), y: T.Buffer((n,), "float32")):
+        for i in range(n // 16):
+            for l in T.vectorized(16):
+                y[i * 16 + l] = ln_f32_vec(x[i * 16 + l])
+
+    cpu = tvm.get_global_func("target.llvm_get_system_cpu")()
+    f = tvm.compile(tvm.IRModule({"main": ln}), tvm.target.Target({"kind": "llvm", "mcpu": cpu}))["main"]
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.float32(2.0) ** rng.uniform(-126, 0, n // 2),  # e's range: (0, 1]
+                        rng.uniform(0.5, 2.0, n // 2)]).astype(np.float32)
+    x[:3] = [1.0, np.finfo(np.float32).tiny, np.sqrt(np.float32(2))]
+    y = tvm.runtime.empty((n,), "float32", tvm.cpu())
+    f(tvm.runtime.tensor(x), y)
+    want = np.log(x.astype(np.float64))
+    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(y.numpy() - want) / np.maximum(ulp, 1e-12)) <= 4
