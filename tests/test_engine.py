@@ -459,3 +459,33 @@ def test_branching_and_batches_leave_the_state_passed_in(functional_model):
     assert_same(snapshot(model, state), before)
     np.testing.assert_array_equal(model.prefill([11, 12, 13], state)[0], longer)
     np.testing.assert_array_equal(model.decode(11, state)[0], a)
+
+
+def test_sample_rows_draws_each_row_as_its_sampler_would_alone(functional_model):
+    """The server's step: every row of one forward drawn in one kernel call, each with its own
+    sampler (penalties, bans, settings, random stream); a sampler that keeps every token goes to
+    numpy; None rows are not drawn; the same tokens as each sampler drawing its row in numpy."""
+    from rwkv_relax.runtime.sampler import Sampler
+    model, rng = functional_model, np.random.default_rng(7)
+    states = [model.new_state() for _ in range(4)]
+    prompts = [[int(t) for t in rng.integers(0, model.vocab_size, n)] for n in (3, 9, 1, 5)]
+    settings = [dict(temperature=1.0, top_p=0.3), dict(temperature=0.7, top_p=0.8, top_k=30),
+                dict(temperature=1.0, top_p=1.0), dict(temperature=0.0)]
+
+    def samplers(seed):
+        out = []
+        for i, kw in enumerate(settings):
+            s = Sampler(**kw, presence_penalty=0.3, frequency_penalty=0.6, token_ban=[i + 1], seed=seed + i)
+            for t in prompts[i]:
+                s.accept(t)
+            out.append(s)
+        return out
+    raw = model.advance_batch_raw(states, prompts)
+    rows = model.rows(raw, 4).copy()
+    want = [s.sample(rows[i]) for i, s in enumerate(samplers(0))]
+    drawn = model.sample_rows(raw, [*samplers(0)[:2], None, samplers(0)[3]])
+    assert drawn[2] is None and [drawn[i] for i in (0, 1, 3)] == [want[i] for i in (0, 1, 3)]
+    raw = model.advance_batch_raw(states, [[5]] * 4)
+    rows = model.rows(raw, 4).copy()
+    want = [s.sample(rows[i]) for i, s in enumerate(samplers(1))]
+    assert model.sample_rows(raw, samplers(1)) == want

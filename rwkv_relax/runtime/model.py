@@ -75,9 +75,11 @@ class CompiledModel:
         # the single-token input, written through a numpy view (tvm.runtime.tensor() costs ~25 us)
         self._one_id = tvm.runtime.empty((1,), "int32", self.device)
         self._one_id_view = np.from_dlpack(self._one_id) if device == "cpu" else None
-        self._kernel_args: tuple | None = None  # see _kernel_inputs
+        self._kernel_args: tuple | None = None  # the sampling kernel's inputs: see _adjustments
         self._kernel_views: tuple = ()
         self._adjusted = 0
+        self._params_tensors: dict[int, object] = {}
+        self._params_views: dict[int, np.ndarray] = {}
 
     # ---- weights ------------------------------------------------------------------------
     def _load_weights(self, weights: str | Path) -> tuple[list, dict | None]:
@@ -246,40 +248,75 @@ class CompiledModel:
 
     def sample(self, logits, sampler: Sampler) -> int:
         """The next token drawn by ``sampler`` (not recorded: see ``Sampler.accept``) from one row
-        of logits as :meth:`advance_raw` returns them, which it CONSUMES. Where the library
-        carries the sampling kernel (llvm) the draw happens there, in place in the logits, which
-        never reach numpy; a sampler that keeps every token (top_p >= 1, no top_k: a softmax
-        over the whole vocabulary, whole-vector numpy work) and libraries without the kernel use
-        ``sampler.sample``. Raises ``SamplerError`` as ``sampler.sample`` would."""
-        if not self.has_sampler or self._one_id_view is None or sampler.keeps_every_token(self.vocab_size):
-            return sampler.sample(self._host(logits).reshape(-1))
-        ids, sub, (temperature, top_p, top_k, u) = sampler.kernel_args()
-        rows, adj_id, adj_sub, params = self._kernel_inputs(ids.size)
-        rows[:ids.size] = 0
-        adj_id[:ids.size] = ids
-        adj_sub[:ids.size] = sub
-        rows[ids.size:self._adjusted] = -1  # entries left from a longer list
-        self._adjusted = ids.size
-        params[0] = temperature, top_p, top_k, u
-        token = int(np.from_dlpack(self._fn("sample_logits")(logits, *self._kernel_args))[0])
-        if token < 0:
-            raise SamplerError(KERNEL_ERRORS[token])
+        of logits as :meth:`advance_raw` returns them, which it CONSUMES: see :meth:`sample_rows`.
+        Raises ``SamplerError`` as ``sampler.sample`` would."""
+        token = self.sample_rows(logits, [sampler])[0]
+        if isinstance(token, Exception):
+            raise token
         return token
 
-    def _kernel_inputs(self, n: int) -> tuple[np.ndarray, ...]:
-        """numpy views of the kernel's adjustment and parameter tensors, regrown to hold ``n``
-        adjustments (rows of unused entries are -1: the kernel skips them, so the tensors are
-        passed whole and never re-wrapped per call)."""
+    def sample_rows(self, logits, samplers: Sequence[Sampler | None]) -> list:
+        """Row i of ``logits`` (a function's output: (1, B, V) or (B, 1, V), as
+        :meth:`advance_batch_raw` returns them) drawn by ``samplers[i]`` (None: not drawn); a
+        token id or the ``SamplerError`` that ``Sampler.sample`` would raise, per row. The logits
+        are CONSUMED. Where the library carries the sampling kernel (llvm) every row is drawn in
+        one call to it, in place in the logits, which never reach numpy; samplers that keep every
+        token (top_p >= 1, no top_k: a softmax over the whole vocabulary, whole-vector numpy
+        work), and every row of libraries without the kernel, go through ``Sampler.sample`` (first,
+        before the kernel overwrites their rows)."""
+        rows = self.rows(logits, len(samplers))
+        out: list = [None] * len(samplers)
+        in_library = self.has_sampler and self._one_id_view is not None
+        for i, sampler in enumerate(samplers):
+            if sampler is not None and (not in_library or sampler.keeps_every_token(self.vocab_size)):
+                try:
+                    out[i] = sampler.sample(rows[i])
+                except SamplerError as err:
+                    out[i] = err
+        kernel_rows = [i for i, s in enumerate(samplers)
+                       if s is not None and in_library and not s.keeps_every_token(self.vocab_size)]
+        if not kernel_rows:
+            return out
+        drawn = [(i, *samplers[i].kernel_args()) for i in kernel_rows]
+        n = sum(ids.size for _, ids, _, _ in drawn)
+        adj_row, adj_id, adj_sub = self._adjustments(n)
+        params = self._params(len(samplers))
+        params[:] = (0.0, 1.0, 0.0, 0.0)  # rows not drawn: greedy, the cheapest
+        at = 0
+        for i, ids, sub, values in drawn:
+            adj_row[at:at + ids.size] = i
+            adj_id[at:at + ids.size] = ids
+            adj_sub[at:at + ids.size] = sub
+            params[i] = values
+            at += ids.size
+        adj_row[n:self._adjusted] = -1  # entries left from a longer list
+        self._adjusted = n
+        tokens = np.from_dlpack(self._fn("sample_logits")(logits, *self._kernel_args,
+                                                          self._params_tensors[len(samplers)]))
+        for i in kernel_rows:
+            token = int(tokens[i])
+            out[i] = SamplerError(KERNEL_ERRORS[token]) if token < 0 else token
+        return out
+
+    def _adjustments(self, n: int) -> tuple[np.ndarray, ...]:
+        """numpy views of the kernel's (row, id, amount) adjustment tensors, regrown to hold
+        ``n`` (rows of unused entries are -1: the kernel skips them, so the tensors are passed
+        whole and never re-wrapped per call: tvm.runtime.tensor() costs ~25 us)."""
         if self._kernel_args is None or self._kernel_args[0].shape[0] < n:
             size = max(64, 2 * n)
-            tensors = (tvm.runtime.tensor(np.full(size, -1, np.int32), self.device),
-                       tvm.runtime.tensor(np.zeros(size, np.int32), self.device),
-                       tvm.runtime.tensor(np.zeros(size, np.float32), self.device),
-                       tvm.runtime.tensor(np.zeros((1, 4), np.float32), self.device))
-            self._kernel_args = tensors
-            self._kernel_views = tuple(np.from_dlpack(t) for t in tensors)
+            self._kernel_args = (tvm.runtime.tensor(np.full(size, -1, np.int32), self.device),
+                                 tvm.runtime.tensor(np.zeros(size, np.int32), self.device),
+                                 tvm.runtime.tensor(np.zeros(size, np.float32), self.device))
+            self._kernel_views = tuple(np.from_dlpack(t) for t in self._kernel_args)
             self._adjusted = 0
         return self._kernel_views
+
+    def _params(self, rows: int) -> np.ndarray:
+        """A numpy view of the kernel's (rows, 4) parameter tensor, one kept per row count."""
+        if rows not in self._params_tensors:
+            self._params_tensors[rows] = tvm.runtime.tensor(np.zeros((rows, 4), np.float32), self.device)
+            self._params_views[rows] = np.from_dlpack(self._params_tensors[rows])
+        return self._params_views[rows]
 
     def new_state(self) -> State:
         """A fresh sequence: all zeros, or ``initial_state`` (a state-tuned checkpoint's) when set."""
@@ -318,9 +355,10 @@ class CompiledModel:
         new = [successor(s, taken) for s in states]
         return self._packed("batch_decode", new, [ids[i:i + 1] for i in range(ids.size)]), new
 
-    def _packed(self, fn: str, states: Sequence[State], ids: Sequence[np.ndarray]) -> np.ndarray:
+    def _packed(self, fn: str, states: Sequence[State], ids: Sequence[np.ndarray], raw: bool = False):
         """``ids[i]`` into ``states[i]`` IN PLACE, all in one packed forward of ``fn``
-        ("batch_decode": one token each; "batch_prefill"); each sequence's last logits, (B, V)."""
+        ("batch_decode": one token each; "batch_prefill"); each sequence's last logits, (B, V)
+        (``raw``: as the function returned them)."""
         packed = np.concatenate(ids)
         emb = self._embed(packed)
         seq_ids, lengths = [s.seq_id for s in states], [int(i.size) for i in ids]
@@ -331,7 +369,7 @@ class CompiledModel:
             logits = self._run(fn, seq_ids, lengths, emb._create_view((1, *emb.shape)), last)
         for s, n in zip(states, lengths):
             s.length += n
-        return self._host(logits).reshape(len(ids), -1)
+        return logits if raw else self._host(logits).reshape(len(ids), -1)
 
     def rollback(self, state: State, n: int) -> State:
         """The state ``n`` decode steps earlier (runtime ``popn``; decode steps only, at most
@@ -353,10 +391,21 @@ class CompiledModel:
         One token each runs the ``batch_decode`` kernel, anything else ``batch_prefill``; both
         compute every row alone, so a sequence's logits and state do not depend on its batch
         neighbours nor on how its tokens were split into calls (bit-identical on llvm)."""
+        return self.rows(self.advance_batch_raw(states, token_lists), len(states))
+
+    def advance_batch_raw(self, states: Sequence[State], token_lists: Sequence[Sequence[int]]):
+        """:meth:`advance_batch`, returning the logits as the function returned them (for
+        :meth:`sample_rows`; :meth:`rows` views them as (B, V) numpy on the CPU)."""
         ids = [self._tokens(t) for t in token_lists]
         if len(ids) != len(states) or not ids:
             raise RWKVRelaxError(f"advance_batch takes one token list per state, got {len(ids)} for {len(states)}")
-        return self._packed("batch_decode" if all(i.size == 1 for i in ids) else "batch_prefill", states, ids)
+        return self._packed("batch_decode" if all(i.size == 1 for i in ids) else "batch_prefill", states, ids,
+                            raw=True)
+
+    def rows(self, logits, n: int) -> np.ndarray:
+        """A function's logits as (n, V) numpy (on the CPU a view: what the sampling kernel
+        consumes changes under it)."""
+        return self._host(logits).reshape(n, -1)
 
 
 def load_model(lib_path: str | Path, weights: str | Path, device: str = "cpu", **kwargs) -> CompiledModel:

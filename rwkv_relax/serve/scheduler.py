@@ -58,7 +58,9 @@ class Job:
     history: list[int] = dataclasses.field(default_factory=list)  # tokens the state has consumed
     prefilled: int = 0  # prompt tokens in the state
     cached: int = 0  # of which came from the state cache
-    logits: np.ndarray | None = None
+    logits: np.ndarray | None = None  # its row of the last forward's logits (numpy)
+    source: tuple | None = None  # (that forward's logits as the library returned them, row, rows)
+    token_logprobs: dict | None = None  # the drawn token's, read before the kernel consumes the row
     generated: int = 0
     shown: bool = False  # some reply text went out (strip_space applies to the first)
     stream: object = None  # token ids -> text pieces
@@ -188,19 +190,22 @@ class Scheduler:
         if logits is None:
             return
         self.metrics.prefill_tokens.inc(sum(len(piece) for _, piece in batch))
-        for (job, piece), row in zip(batch, logits):
+        for row, (job, piece) in enumerate(batch):
             job.prefilled += len(piece)
             if job.prefilled == len(job.tokens):
-                job.logits = row
+                job.logits, job.source = logits[1][row], (logits[0], row, len(batch))
                 self.prefilling.remove(job)
                 self.decoding.append(job)
 
     def _decode(self) -> None:
         batch = []
-        for job in list(self.decoding):
+        jobs = list(self.decoding)
+        for job, token in zip(jobs, self._draw(jobs)):
             try:
-                token = self._sample(job)
-            except Exception as err:  # e.g. logits that leave nothing to sample: this request only
+                if isinstance(token, Exception):  # e.g. logits that leave nothing to sample
+                    raise token
+                token = self._judge(job, token)
+            except Exception as err:  # this request only
                 self._fail(job, err)
                 continue
             if token is not None:
@@ -209,17 +214,19 @@ class Scheduler:
         if logits is None:
             return
         self.metrics.decode_steps.inc()
-        for (job, _), row in zip(batch, logits):
-            job.logits = row
+        for row, (job, _) in enumerate(batch):
+            job.logits, job.source = logits[1][row], (logits[0], row, len(batch))
 
-    def _forward(self, batch: list[tuple[Job, list[int]]], rate) -> np.ndarray | None:
-        """Feed each job its piece, all in one forward; sets the ``rate`` gauge (tokens/s). None
-        when there was nothing to feed, or the forward failed (its requests are failed)."""
+    def _forward(self, batch: list[tuple[Job, list[int]]], rate) -> tuple | None:
+        """Feed each job its piece, all in one forward; sets the ``rate`` gauge (tokens/s). Returns
+        (the logits as the library returned them, the same as (B, V) numpy); None when there was
+        nothing to feed, or the forward failed (its requests are failed)."""
         if not batch:
             return None
         t0 = time.perf_counter()
         try:
-            logits = self.model.advance_batch([job.state for job, _ in batch], [piece for _, piece in batch])
+            states = [job.state for job, _ in batch]
+            raw = self.model.advance_batch_raw(states, [piece for _, piece in batch])
         except Exception as err:  # the states of this batch are in doubt: fail its requests
             log.exception("forward failed")
             for job, _ in batch:
@@ -228,13 +235,37 @@ class Scheduler:
         rate.set(sum(len(piece) for _, piece in batch) / max(time.perf_counter() - t0, 1e-9))
         for job, piece in batch:
             job.history += piece
-        return logits
+        return raw, self.model.rows(raw, len(batch))
 
     # ---- one request's token ---------------------------------------------------------------------
-    def _sample(self, job: Job) -> int | None:
-        """Sample, stream and judge the next token; returns it when it is to be fed, None when
-        the request ended on it (that token is never fed: nothing needs its logits)."""
-        token = job.sampler.sample(job.logits)
+    def _draw(self, jobs: list[Job]) -> list:
+        """Each job's next token (or the error drawing it raised), from its row of logits: the rows
+        of one forward in one call of the library's sampling kernel (``sample_rows``), which
+        consumes them. A job that asked for logprobs reads its row first, in numpy, where it is
+        also drawn."""
+        out, groups = {}, {}
+        for job in jobs:
+            if job.logprobs is None:
+                raw, row, rows = job.source
+                groups.setdefault(id(raw), (raw, rows, []))[2].append((row, job))
+                continue
+            try:
+                out[id(job)] = token = job.sampler.sample(job.logits)
+                job.token_logprobs = self._logprobs(job.logits, token, job.logprobs)
+            except Exception as err:
+                out[id(job)] = err
+        for raw, rows, members in groups.values():
+            samplers = [None] * rows
+            for row, job in members:
+                samplers[row] = job.sampler
+            drawn = self.model.sample_rows(raw, samplers)
+            for row, job in members:
+                out[id(job)] = drawn[row]
+        return [out[id(job)] for job in jobs]
+
+    def _judge(self, job: Job, token: int) -> int | None:
+        """Stream and judge a drawn token; returns it when it is to be fed, None when the request
+        ended on it (that token is never fed: nothing needs its logits)."""
         if job.sampler.is_stop_token(token):
             return self._finish(job, "stop")
         job.generated += 1
@@ -252,7 +283,7 @@ class Scheduler:
             raw, job.shown = raw[1:] if raw.startswith(" ") else raw, True
         event = {"text": shown_text(raw)}
         if token is not None and job.logprobs is not None:
-            event["logprobs"] = self._logprobs(job.logits, token, job.logprobs)
+            event["logprobs"] = job.token_logprobs
         if event["text"] or "logprobs" in event:
             job.emit(event)
 
