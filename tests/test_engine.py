@@ -489,3 +489,21 @@ def test_sample_rows_draws_each_row_as_its_sampler_would_alone(functional_model)
     rows = model.rows(raw, 4).copy()
     want = [s.sample(rows[i]) for i, s in enumerate(samplers(1))]
     assert model.sample_rows(raw, samplers(1)) == want
+
+
+def test_a_model_run_from_another_thread_sizes_that_threads_pool(functional_model, monkeypatch):
+    """TVM keeps one CPU thread pool per calling thread, of half the CPUs by default: the server's
+    engine-loop thread ran every step on one core of two until the model sized its pool."""
+    import threading
+
+    from rwkv_relax.runtime import threads
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    seen = {}
+
+    def run():
+        functional_model.advance(functional_model.new_state(), [1, 2])
+        seen["ident"] = threading.get_ident()
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    assert threads._configured[seen["ident"]] == threads.usable_cpus()

@@ -202,6 +202,10 @@ class CompiledModel:
         return np.from_dlpack(tensor) if self._one_id_view is not None else tensor.numpy()
 
     def _fn(self, name: str):
+        """A library function, about to run on this thread: on the CPU the thread's own TVM pool
+        is sized first (see threads.py; the server calls from its engine-loop thread)."""
+        if self._one_id_view is not None:
+            use_all_cpus()
         if name not in self._fns:
             self._fns[name] = self.vm[name]
         return self._fns[name]
