@@ -88,6 +88,23 @@ def sample_logits(V: int, target: str = "cpu"):
     hmax, hmin, hsum = _lane_tree(T.max), _lane_tree(T.min), _lane_tree(lambda a, b: a + b)
 
     @T.macro
+    def look(logits, r0, r1, at, l, vec, fin, nan, pinf):
+        """Lane l of the vector at ``at``: the maximum, what is finite / NaN, the first +inf id."""
+        x: T.let = logits[r0, r1, at + l]
+        vec[l] = T.max(vec[l], x)
+        fin[l] = T.max(fin[l], is_finite(x))
+        nan[l] = T.max(nan[l], is_nan(x))
+        pinf[l] = T.min(pinf[l], T.Select(x == inf, T.Cast("int32", at + l), T.int32(V)))
+
+    @T.macro
+    def weigh(logits, r0, r1, at, l, mc, part, vec):
+        """Lane l: e = exp(x - m_c) in place, into the lane's sum and maximum."""
+        ev: T.let = exp_f32_vec(logits[r0, r1, at + l] - mc)
+        logits[r0, r1, at + l] = ev
+        part[l] = part[l] + ev
+        vec[l] = T.max(vec[l], ev)
+
+    @T.macro
     def bisect(lb, le, n_vec, acc, lo, hi, enough):
         """Largest bit pattern t in [lo, hi) with enough(t) (monotone: true at lo, false at hi);
         acc[] holds, per lane, the count or the sum of the candidates with bits >= t."""
@@ -163,23 +180,14 @@ def sample_logits(V: int, target: str = "cpu"):
                     nan[l] = T.float32(0)
                     pinf[l] = T.int32(V)
                 for i in range(T.int64(blocks)):
-                    if c * ch + i * LANES + LANES <= V:
+                    at: T.let = c * ch + i * LANES
+                    if at + LANES <= V:
                         for l in T.vectorized(T.int64(LANES)):
-                            x: T.let = logits[r0, r1, c * ch + i * LANES + l]
-                            vec[l] = T.max(vec[l], x)
-                            fin[l] = T.max(fin[l], is_finite(x))
-                            nan[l] = T.max(nan[l], is_nan(x))
-                            pinf[l] = T.min(pinf[l], T.Select(x == inf, T.Cast(i32, c * ch + i * LANES + l),
-                                                              T.int32(V)))
-                    elif c * ch + i * LANES < V:
+                            look(logits, r0, r1, at, l, vec, fin, nan, pinf)
+                    elif at < V:  # the vocabulary's last, partial vector
                         for l in range(T.int64(LANES)):
-                            if c * ch + i * LANES + l < V:
-                                y: T.let = logits[r0, r1, c * ch + i * LANES + l]
-                                vec[l] = T.max(vec[l], y)
-                                fin[l] = T.max(fin[l], is_finite(y))
-                                nan[l] = T.max(nan[l], is_nan(y))
-                                pinf[l] = T.min(pinf[l], T.Select(y == inf, T.Cast(i32, c * ch + i * LANES + l),
-                                                                  T.int32(V)))
+                            if at + l < V:
+                                look(logits, r0, r1, at, l, vec, fin, nan, pinf)
                 hmax(vec)
                 hmax(fin)
                 hmax(nan)
@@ -196,20 +204,14 @@ def sample_logits(V: int, target: str = "cpu"):
                         vec[l] = T.float32(0)
                     if T.fabs(mc) <= big:  # else the chunk has nothing finite to weigh (or will fail)
                         for v in range(T.int64(GROUP)):
-                            at: T.let = c * ch + (g * GROUP + v) * LANES
-                            if at + LANES <= V:
+                            at2: T.let = c * ch + (g * GROUP + v) * LANES
+                            if at2 + LANES <= V:
                                 for l in T.vectorized(T.int64(LANES)):
-                                    ev: T.let = exp_f32_vec(logits[r0, r1, at + l] - mc)
-                                    logits[r0, r1, at + l] = ev
-                                    part[l] = part[l] + ev
-                                    vec[l] = T.max(vec[l], ev)
-                            elif at < V:
+                                    weigh(logits, r0, r1, at2, l, mc, part, vec)
+                            elif at2 < V:
                                 for l in range(T.int64(LANES)):
-                                    if at + l < V:
-                                        ew: T.let = exp_f32_vec(logits[r0, r1, at + l] - mc)
-                                        logits[r0, r1, at + l] = ew
-                                        part[l] = part[l] + ew
-                                        vec[l] = T.max(vec[l], ew)
+                                    if at2 + l < V:
+                                        weigh(logits, r0, r1, at2, l, mc, part, vec)
                     for l in T.vectorized(T.int64(LANES)):
                         gmax[(c * groups + g) * LANES + l] = vec[l]
                 hsum(part)
