@@ -463,8 +463,8 @@ def test_branching_and_batches_leave_the_state_passed_in(functional_model):
 
 def test_sample_rows_draws_each_row_as_its_sampler_would_alone(functional_model):
     """The server's step: every row of one forward drawn in one kernel call, each with its own
-    sampler (penalties, bans, settings, random stream); a sampler that keeps every token goes to
-    numpy; None rows are not drawn; the same tokens as each sampler drawing its row in numpy."""
+    sampler (penalties, bans, settings, random stream, one keeping every token); None rows are not
+    drawn; the same tokens as each sampler drawing its row in numpy."""
     from rwkv_relax.runtime.sampler import Sampler
     model, rng = functional_model, np.random.default_rng(7)
     states = [model.new_state() for _ in range(4)]

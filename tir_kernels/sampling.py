@@ -25,10 +25,13 @@ Per row b of ``logits`` (B = D0 * D1 rows of V), with ``params[b] = (temperature
    bisection on the fp32 bit patterns of the candidates (vectorised sums); top-k (0 < k < V): the
    k-th largest value, ties broken towards lower ids as the numpy sampler does. Kept: both.
    Where the candidates cannot decide (top-p reaches below them, k is larger than their number,
-   or top_p >= 1 without top-k keeps every token), steps 2-3 run again on every token with e > 0.
-4. Weights q = e^(1 / T) = exp((x - m) / T) in fp64 over the kept tokens (the maximum is always
-   kept); the token is the first kept id whose running sum of q exceeds ``u * sum q``
-   (``searchsorted(..., "right")``). Temperature 0 is the first id holding the maximum.
+   or top_p >= 1 without top-k keeps every token), steps 2-3 run again on every token with e > 0
+   (0.3-0.8 ms at V = 65536: the loops over the candidates are partly scalar; the numpy sampler
+   takes 0.36-1.7 ms on such rows).
+4. Weights q = e^(1 / T) = exp((x - m) / T) over the kept tokens (fp32 in whole vectors through
+   ``ln_f32_vec``; the maximum is always kept), summed in fp64; the token is the first kept id
+   whose running sum of q exceeds ``u * sum q`` (``searchsorted(..., "right")``). Temperature 0
+   is the first id holding the maximum.
 
 The result is the token id, or what the numpy sampler raises for, in its order of checks:
 ``NOTHING`` (every token banned or not finite), ``NAN``, ``POS_INF`` (temperature 0 returns the

@@ -264,23 +264,19 @@ class CompiledModel:
         :meth:`advance_batch_raw` returns them) drawn by ``samplers[i]`` (None: not drawn); a
         token id or the ``SamplerError`` that ``Sampler.sample`` would raise, per row. The logits
         are CONSUMED. Where the library carries the sampling kernel (llvm) every row is drawn in
-        one call to it, in place in the logits, which never reach numpy; samplers that keep every
-        token (top_p >= 1, no top_k: a softmax over the whole vocabulary, whole-vector numpy
-        work), and every row of libraries without the kernel, go through ``Sampler.sample`` (first,
-        before the kernel overwrites their rows)."""
-        rows = self.rows(logits, len(samplers))
+        one call to it, in place in the logits, which never reach numpy; libraries without it
+        draw each row with ``Sampler.sample``."""
         out: list = [None] * len(samplers)
-        in_library = self.has_sampler and self._one_id_view is not None
-        for i, sampler in enumerate(samplers):
-            if sampler is not None and (not in_library or sampler.keeps_every_token(self.vocab_size)):
-                try:
-                    out[i] = sampler.sample(rows[i])
-                except SamplerError as err:
-                    out[i] = err
-        kernel_rows = [i for i, s in enumerate(samplers)
-                       if s is not None and in_library and not s.keeps_every_token(self.vocab_size)]
-        if not kernel_rows:
+        if not self.has_sampler or self._one_id_view is None:
+            rows = self.rows(logits, len(samplers))
+            for i, sampler in enumerate(samplers):
+                if sampler is not None:
+                    try:
+                        out[i] = sampler.sample(rows[i])
+                    except SamplerError as err:
+                        out[i] = err
             return out
+        kernel_rows = [i for i, s in enumerate(samplers) if s is not None]
         drawn = [(i, *samplers[i].kernel_args()) for i in kernel_rows]
         n = sum(ids.size for _, ids, _, _ in drawn)
         adj_row, adj_id, adj_sub = self._adjustments(n)

@@ -167,10 +167,6 @@ class Sampler:
         u = (self.rng.random() if u is None else u) * cdf[-1]
         return int(ids[min(int(np.searchsorted(cdf, u, side="right")), ids.size - 1)])
 
-    def keeps_every_token(self, vocab_size: int) -> bool:
-        """Neither top-p nor top-k filters (a random draw over the whole softmax)."""
-        return self.temperature > 0 and self.top_p >= 1 and not 0 < self.top_k < vocab_size
-
     def kernel_args(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
         """What a library's ``sample_logits`` kernel takes for one draw (``tir_kernels/sampling.py``):
         the adjusted token ids, the amounts subtracted from their logits (a ban subtracts +inf),
