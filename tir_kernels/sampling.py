@@ -24,10 +24,10 @@ Per row b of ``logits`` (B = D0 * D1 rows of V), with ``params[b] = (temperature
    (ChatRWKV's "value at which the sorted cumulative sum reaches top_p", ties kept), found by
    bisection on the fp32 bit patterns of the candidates (vectorised sums); top-k (0 < k < V): the
    k-th largest value, ties broken towards lower ids as the numpy sampler does. Kept: both.
-   Where the candidates cannot decide (top-p reaches below them, k is larger than their number,
-   or top_p >= 1 without top-k keeps every token), steps 2-3 run again on every token with e > 0
-   (0.3-0.8 ms at V = 65536: the loops over the candidates are partly scalar; the numpy sampler
-   takes 0.36-1.7 ms on such rows).
+   Where the candidates cannot decide (top-p reaches below them, k is larger than their number),
+   steps 2-3 run again on ``e >= RUNG2 * S`` (the numpy sampler's second rung), then on every
+   token with e > 0, where top_p >= 1 without top-k (no filter) goes at once (0.3-0.7 ms at
+   V = 65536: the loops over the candidates are partly scalar; numpy takes 0.36-1.7 ms there).
 4. Weights q = e^(1 / T) = exp((x - m) / T) over the kept tokens (fp32 in whole vectors through
    ``ln_f32_vec``; the maximum is always kept), summed in fp64; the token is the first kept id
    whose running sum of q exceeds ``u * sum q`` (``searchsorted(..., "right")``). Temperature 0
@@ -48,7 +48,8 @@ from tvm.script import tirx as T
 from .wkv4 import exp_f32_vec
 
 RUNG = 2.0 ** -12
-TINY = float(np.finfo(np.float32).tiny)  # the second rung: every e > 0
+RUNG2 = 2.0 ** -16  # the second rung, as the numpy sampler's: most of a flat row's mass, not all of it
+TINY = float(np.finfo(np.float32).tiny)  # the last rung: every e > 0
 CHUNKS = 16  # parallel tasks per pass
 LANES = 16
 GROUP = 16  # vectors per group of the candidate search
@@ -247,16 +248,23 @@ def sample_logits(V: int, target: str = "cpu"):
                         scale[c] = T.float32(0)
                 # 3-5 on a rung: first the candidates e >= RUNG * S (at most 1 / RUNG of them); when
                 # they cannot decide (top-p reaches below them, top-k is longer, or every token is
-                # kept), every token with e > 0
+                # kept), e >= RUNG2 * S, then every token with e > 0
                 si[4] = T.int64(0)  # decided
-                for attempt in range(2):
+                temp: T.let = params[b, 0]
+                top_p: T.let = params[b, 1]
+                top_k: T.let = T.Cast(i64, params[b, 2])
+                k_on: T.let = top_k > T.int64(0) and top_k < V
+                # no filter: straight to the last rung
+                keep_all: T.let = temp > T.float32(0) and top_p >= T.float32(1) and not k_on
+                for attempt in range(3):
                     if si[4] == T.int64(0):
                         # 3. candidates: e >= RUNG * S, in increasing id order. Each chunk is scanned by
                         # the task that wrote it (its e is in that core's cache) into its own slice, then
                         # the slices are joined. Id = (group * GROUP + v) * LANES + l: the lanes whose
                         # group maximum reaches the threshold, then v outer, so ids come out in order
-                        thr: T.let = T.Select(attempt == 0, T.Cast(f32, sd[0] * T.float64(RUNG)),
-                                             T.float32(TINY))
+                        last: T.let = attempt == 2 or keep_all
+                        thr: T.let = T.Select(last, T.float32(TINY), T.Select(
+                            attempt == 0, T.Cast(f32, sd[0] * T.float64(RUNG)), T.Cast(f32, sd[0] * T.float64(RUNG2))))
                         for c in T.parallel(T.int64(CHUNKS)):
                             hit = T.alloc_buffer((LANES,), i32, scope="global")
                             nh = T.alloc_buffer((2,), i64, scope="global")  # hit lanes, candidates
@@ -284,15 +292,11 @@ def sample_logits(V: int, target: str = "cpu"):
                                 si[0] = si[0] + T.int64(1)
                         n_cand: T.let = si[0]
                         n_vec: T.let = (n_cand + T.int64(LANES - 1)) // T.int64(LANES)
-                        temp: T.let = params[b, 0]
-                        top_p: T.let = params[b, 1]
-                        top_k: T.let = T.Cast(i64, params[b, 2])
-                        k_on: T.let = top_k > T.int64(0) and top_k < V
                         # on the last rung a k beyond the tokens with e > 0 keeps them all
                         k_use: T.let = k_on and top_k <= n_cand
-                        if attempt == 0 and (n_cand == T.int64(0) or n_cand > capacity - LANES or (
-                                top_p >= T.float32(1) and not k_on) or (k_on and top_k > n_cand)):
-                            si[4] = T.int64(0)  # the next rung: every token with e > 0
+                        if not last and (n_cand == T.int64(0) or n_cand > capacity - LANES or (
+                                k_on and top_k > n_cand)):
+                            si[4] = T.int64(0)  # the next rung
                         elif temp <= T.float32(0):
                             # greedy: the first id holding the maximum (a candidate, if there are any)
                             si[1] = T.int64(0)
@@ -314,7 +318,7 @@ def sample_logits(V: int, target: str = "cpu"):
                                 for k in range(n_cand):
                                     sd[1] = sd[1] + T.Cast(f64, le[k])
                                 if sd[1] < target:  # (on the last rung only by rounding: keep all)
-                                    si[3] = T.Select(attempt == 0, T.int64(1), T.int64(0))
+                                    si[3] = T.Select(last, T.int64(0), T.int64(1))
                                 else:
                                     hi[0] = T.int32(0x7F800000)
                                     bisect(lb, le, n_vec, acc, lo, hi, lambda got: got >= target)
@@ -437,9 +441,12 @@ def _sample_row(x: np.ndarray, ids: np.ndarray, sub: np.ndarray, params) -> int:
         e = np.exp(x - m).astype(np.float32)
     S = e.astype(np.float64).sum()
     k_on = 0 < top_k < x.size
-    for last, rung in ((False, np.float32(S * RUNG)), (True, np.float32(TINY))):
+    rungs = ((False, np.float32(S * RUNG)), (False, np.float32(S * RUNG2)), (True, np.float32(TINY)))
+    if temperature > 0 and top_p >= 1 and not k_on:  # no filter: straight to the last rung
+        rungs = rungs[2:]
+    for last, rung in rungs:
         cand = np.flatnonzero(e >= rung)
-        if not last and (cand.size == 0 or (top_p >= 1 and not k_on) or (k_on and top_k > cand.size)):
+        if not last and (cand.size == 0 or (k_on and top_k > cand.size)):
             continue
         le = e[cand]
         if temperature <= 0:
