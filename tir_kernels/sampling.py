@@ -77,7 +77,7 @@ def sample_logits(V: int, target: str = "cpu"):
     blocks = ch // LANES  # vectors per chunk
     groups = blocks // GROUP
     padded = CHUNKS * ch
-    capacity = padded + LANES  # every token fits: the second rung may take them all
+    capacity = padded + LANES  # every token, plus a vector of padding: the last rung may take them all
     f32, f64, i32, i64 = "float32", "float64", "int32", "int64"
     inf = T.float32(float("inf"))
     # |x| <= big: finite; NaN is the value that is neither finite nor infinite (TVM's simplifier
@@ -285,17 +285,15 @@ def sample_logits(V: int, target: str = "cpu"):
                         si[0] = T.int64(0)
                         for c in range(T.int64(CHUNKS)):
                             for k in range(ccount[c]):
-                                if si[0] < capacity - LANES:
-                                    lid[si[0]] = cid[c * ch + k]
-                                    le[si[0]] = logits[r0, r1, cid[c * ch + k]] * scale[c]
-                                    lb[si[0]] = T.reinterpret(i32, le[si[0]])
+                                lid[si[0]] = cid[c * ch + k]
+                                le[si[0]] = logits[r0, r1, cid[c * ch + k]] * scale[c]
+                                lb[si[0]] = T.reinterpret(i32, le[si[0]])
                                 si[0] = si[0] + T.int64(1)
                         n_cand: T.let = si[0]
                         n_vec: T.let = (n_cand + T.int64(LANES - 1)) // T.int64(LANES)
                         # on the last rung a k beyond the tokens with e > 0 keeps them all
                         k_use: T.let = k_on and top_k <= n_cand
-                        if not last and (n_cand == T.int64(0) or n_cand > capacity - LANES or (
-                                k_on and top_k > n_cand)):
+                        if not last and (n_cand == T.int64(0) or (k_on and top_k > n_cand)):
                             si[4] = T.int64(0)  # the next rung
                         elif temp <= T.float32(0):
                             # greedy: the first id holding the maximum (a candidate, if there are any)

@@ -369,7 +369,7 @@ class CompiledModel:
             logits = self._run(fn, seq_ids, lengths, emb._create_view((1, *emb.shape)), last)
         for s, n in zip(states, lengths):
             s.length += n
-        return logits if raw else self._host(logits).reshape(len(ids), -1)
+        return logits if raw else self.rows(logits, len(ids))
 
     def rollback(self, state: State, n: int) -> State:
         """The state ``n`` decode steps earlier (runtime ``popn``; decode steps only, at most

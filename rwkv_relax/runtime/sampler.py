@@ -160,8 +160,7 @@ class Sampler:
 
     def sample(self, logits: np.ndarray, u: float | None = None) -> int:
         """Draw the next token from ``logits`` (V,); does not record it (see :meth:`accept`).
-        ``u``: the uniform draw in [0, 1) to use, already taken from ``rng`` (by
-        :meth:`kernel_args`); None draws it here."""
+        ``u``: the uniform draw in [0, 1) to use instead of the next one from ``rng``."""
         ids, q = self._support(logits)
         cdf = np.cumsum(q, out=self._buffers[0][:q.size])  # z is free once _support is done
         u = (self.rng.random() if u is None else u) * cdf[-1]

@@ -58,8 +58,8 @@ class Job:
     history: list[int] = dataclasses.field(default_factory=list)  # tokens the state has consumed
     prefilled: int = 0  # prompt tokens in the state
     cached: int = 0  # of which came from the state cache
-    logits: np.ndarray | None = None  # its row of the last forward's logits (numpy)
-    source: tuple | None = None  # (that forward's logits as the library returned them, row, rows)
+    # its logits: (the last forward's, as the library returned them; its row; that forward's rows)
+    source: tuple | None = None
     token_logprobs: dict | None = None  # the drawn token's, read before the kernel consumes the row
     generated: int = 0
     shown: bool = False  # some reply text went out (strip_space applies to the first)
@@ -193,7 +193,7 @@ class Scheduler:
         for row, (job, piece) in enumerate(batch):
             job.prefilled += len(piece)
             if job.prefilled == len(job.tokens):
-                job.logits, job.source = logits[1][row], (logits[0], row, len(batch))
+                job.source = (logits, row, len(batch))
                 self.prefilling.remove(job)
                 self.decoding.append(job)
 
@@ -215,12 +215,12 @@ class Scheduler:
             return
         self.metrics.decode_steps.inc()
         for row, (job, _) in enumerate(batch):
-            job.logits, job.source = logits[1][row], (logits[0], row, len(batch))
+            job.source = (logits, row, len(batch))
 
-    def _forward(self, batch: list[tuple[Job, list[int]]], rate) -> tuple | None:
+    def _forward(self, batch: list[tuple[Job, list[int]]], rate):
         """Feed each job its piece, all in one forward; sets the ``rate`` gauge (tokens/s). Returns
-        (the logits as the library returned them, the same as (B, V) numpy); None when there was
-        nothing to feed, or the forward failed (its requests are failed)."""
+        the logits as the library returned them; None when there was nothing to feed, or the
+        forward failed (its requests are failed)."""
         if not batch:
             return None
         t0 = time.perf_counter()
@@ -235,7 +235,7 @@ class Scheduler:
         rate.set(sum(len(piece) for _, piece in batch) / max(time.perf_counter() - t0, 1e-9))
         for job, piece in batch:
             job.history += piece
-        return raw, self.model.rows(raw, len(batch))
+        return raw
 
     # ---- one request's token ---------------------------------------------------------------------
     def _draw(self, jobs: list[Job]) -> list:
@@ -245,13 +245,14 @@ class Scheduler:
         also drawn."""
         out, groups = {}, {}
         for job in jobs:
+            raw, row, rows = job.source
             if job.logprobs is None:
-                raw, row, rows = job.source
                 groups.setdefault(id(raw), (raw, rows, []))[2].append((row, job))
                 continue
             try:
-                out[id(job)] = token = job.sampler.sample(job.logits)
-                job.token_logprobs = self._logprobs(job.logits, token, job.logprobs)
+                logits = self.model.rows(raw, rows)[row]
+                out[id(job)] = token = job.sampler.sample(logits)
+                job.token_logprobs = self._logprobs(logits, token, job.logprobs)
             except Exception as err:
                 out[id(job)] = err
         for raw, rows, members in groups.values():
