@@ -188,10 +188,44 @@ def test_weight_prologue_with_symbolic_rows(rng):
         np.testing.assert_allclose(out.numpy(), xa @ w_ref.T, rtol=RTOL, atol=RTOL * np.abs(xa @ w_ref.T).max())
 
 
+
+def test_one_row_reads_w_directly_with_the_same_arithmetic(rng):
+    """A group-quantized W with symbolic T gets two forms, chosen at run time: one row with the
+    dequantize inlined into the W loads, more with the per-task dequantize block. Both compute a
+    row with the same operations in the same order: each row of a T-row call is bit-identical
+    to that row run alone (the server's batch_decode of one sequence runs the first form, its
+    batches and prefills the second)."""
+    K, N = 256, 48
+    m = tvm.tirx.Var("m", "int64")
+    x = te.placeholder((m, K), "float16", name="x")
+    q = te.placeholder((N, K // 8), "uint32", name="q")
+    scale = te.placeholder((N, K // 32), "float16", name="scale")
+    y = q_matmul_te(x, q, scale, 4, 32, "float16")
+    sch = NTMatmulCPU().apply(te.create_prim_func([x, q, scale, y]), TARGET, False)
+    assert sch is not None
+    script = sch.mod["main"].script()
+    assert script.count("if m == T.int64(1)") == 1 and script.count('T.sblock("dequantize")') == 1
+    lib = compile_func(sch.mod["main"], TARGET, "main")
+    qa = rng.integers(0, 2**32, (N, K // 8), dtype=np.uint64).astype(np.uint32)
+    sa = rng.uniform(0.01, 0.1, (N, K // 32)).astype(np.float16)
+    xa = rng.standard_normal((19, K)).astype(np.float16)
+
+    def run(rows):
+        out = tvm.runtime.empty((rows.shape[0], N), "float16", tvm.cpu())
+        lib["main"](*(tvm.runtime.tensor(v) for v in (rows, qa, sa)), out)
+        return out.numpy()
+    alone = np.concatenate([run(xa[i:i + 1]) for i in range(xa.shape[0])])
+    ref = q_matmul_numpy(xa, qa, sa, 4, 32)
+    np.testing.assert_allclose(alone, ref, rtol=0, atol=2e-3 * np.abs(ref).max())
+    for rows in (2, 4, 5, 19):
+        assert (run(xa[:rows]) == alone[:rows]).all(), f"{rows} rows differ from each row alone"
+
+
 def test_packed_dequantize_runs_once_per_task_for_prefill(rng):
     """The quantized Linear's TE function (uint32-packed 4-bit codes, fp16 scales) with symbolic
-    T: the dequantize block is computed per parallel task, outside the token-tile loop, so each
-    weight is unpacked once per call whatever T is; numerics for T = 1, 6, 9 and 33."""
+    T: in the many-rows form the dequantize block is computed per parallel task, outside the
+    token-tile loop, so each weight is unpacked once per call whatever T is; numerics for T = 1,
+    6, 9 and 33 (each form)."""
     K, N = 96, 40
     T = tvm.tirx.Var("T", "int64")
     x = te.placeholder((T, K), "float16", name="x")

@@ -26,6 +26,8 @@ rule below keeps the layout and instead
   is widened in its padded copy, so the inner loop is fp32 loads and FMAs only: a conversion per
   load (``vcvtph2ps``) competes with the FMAs for their ports (RWKV-7 0.1B q0f16 prefill +15%).
   The block is stored packed by register tile (the ``cols`` W vectors of one k step adjacent).
+  With a symbolic token count the function also holds a form without the block for calls of one
+  row (a batch decode of one sequence), picked at run time, with identical arithmetic.
 
 A GEMM with a short float reduction (K <= ``SMALL_K``, RWKV-6/7's LoRA up-projections) is
 vectorised along n instead (``_apply_small_k``): at K = 64 the lane sums cost more than the FMAs
@@ -43,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 from tvm.s_tir import dlight as dl
@@ -207,12 +210,15 @@ class NTMatmulCPU(dl.ScheduleRule):
 
     ``tile`` forces one tile for every matmul (benchmarks); by default ``choose_tile`` picks one
     per shape and target. ``block_bytes`` bounds the weight rows one task sweeps for all its
-    row tiles (kept in L2 while x streams past).
+    row tiles (kept in L2 while x streams past). ``one_row_form``: a symbolic-T matmul also
+    gets a form for calls with one row that reads W directly instead of through that block
+    (``_two_forms``).
     """
 
-    def __init__(self, tile: Tile | None = None, block_bytes: int = 256 * 1024):
+    def __init__(self, tile: Tile | None = None, block_bytes: int = 256 * 1024, one_row_form: bool = True):
         self.tile = tile
         self.block_bytes = block_bytes
+        self.one_row_form = one_row_form
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
@@ -228,9 +234,37 @@ class NTMatmulCPU(dl.ScheduleRule):
                 except (RuntimeError, ValueError):  # not this form: the general one, from scratch
                     sch = s_tir.Schedule(func)
                     found = _matched(sch)
+            if self.one_row_form and _one_row_form_applies(sch, found):
+                return self._two_forms(func, sch, found, target)
             return self._apply(sch, found, target)
         except (RuntimeError, ValueError):  # ScheduleError, TVM errors: leave it unscheduled
             return None
+
+    def _two_forms(self, func: tirx.PrimFunc, sch: s_tir.Schedule, found: tuple, target: Target
+                   ) -> s_tir.Schedule | None:
+        """A symbolic token count (prefill and the batch functions) with a W block (a group-
+        quantized W, or a float one that the form for many rows copies): that form (W
+        dequantized or widened once per task into fp32, swept by every 4-token tile), and, when
+        the call has a single row (the server's batch_decode of one sequence), the same
+        reduction reading W where it is, each weight unpacked or widened in its load, with a
+        one-row tile. For one row the block form spends its time storing and reloading fp32
+        weights that its one tile reads once (and pads the row to four): 4096 x 768 q4 0.74 ->
+        0.23 ms. Both forms compute every output with the same operations in the same order
+        (``w = (code - qmax) * scale`` or the widened weight in fp32, one FMA per k into lane
+        ``k % lanes``, the same halving lane sums, the same epilogue), so a row's result does
+        not depend on which form ran: the server's bit-exactness across batch sizes holds
+        (test_cpu_schedule, test_serve).
+
+        (A third form, direct with 4-row tiles for 2-8 rows, measured up to 2x faster there but
+        cannot be added as a second ``if``: TIR's CSE hoists what both direct forms compute --
+        their constant lane-index vectors -- above the parallel loops, which then receive it
+        through their closure as a runtime value, and the word loads become gathers, 5x slower.)"""
+        block = self._apply(sch, found, target)
+        fresh = s_tir.Schedule(func)
+        one = self._apply(fresh, _matched(fresh), target, direct_w=True, one_row=True)
+        if block is None or one is None:
+            return block
+        return _branch(_row_count(func, found) == 1, _suffixed(one.mod["main"], "_one_row"), block.mod["main"])
 
     def _apply_small_k(self, sch: s_tir.Schedule, found: tuple, target: Target) -> s_tir.Schedule | None:
         """GEMMs with a short float reduction (K <= ``SMALL_K``: RWKV-6/7's LoRA up-projections,
@@ -273,9 +307,12 @@ class NTMatmulCPU(dl.ScheduleRule):
         sch.decompose_reduction(main_rv, kk)
         return _without_round_trips(sch, widened) if widened else sch
 
-    def _apply(self, sch: s_tir.Schedule, found: tuple, target: Target) -> s_tir.Schedule | None:
+    def _apply(self, sch: s_tir.Schedule, found: tuple, target: Target,
+               direct_w: bool = False, one_row: bool = False) -> s_tir.Schedule | None:
+        """``one_row``: the schedule of a single token row, for a symbolic count known at run time
+        to be 1 (``_two_forms``)."""
         main_rv, pattern, ext, n, k, m_ext = found
-        tile = self.tile or choose_tile(None if None in m_ext else math.prod(m_ext), n, k, target)
+        tile = self.tile or choose_tile(1 if one_row else None if None in m_ext else math.prod(m_ext), n, k, target)
         if tile is None or n % tile.cols or k % tile.lanes:
             return None
 
@@ -286,7 +323,7 @@ class NTMatmulCPU(dl.ScheduleRule):
         row_ext = m_ext[-1] if pattern.m_iters else 1
         rows = tile.rows if row_ext is None else min(tile.rows, row_ext)
         copies = []
-        if row_iter is not None and (row_ext is None or row_ext % rows):
+        if row_iter is not None and rows > 1 and (row_ext is None or row_ext % rows):
             copies = self._pad_rows(sch, main_rv, row_iter, rows, len(ext))
         # Prologues go into the x loads (or the x copies; a dequantize into the W loads), the
         # padded output's writeback and epilogue chains into their last block (the first block
@@ -294,8 +331,8 @@ class NTMatmulCPU(dl.ScheduleRule):
         # A dequantize producer (group-quantized W, rows > 1) stays a block: it is computed once
         # per task into a fp32 scratch block of W rows that every row tile then reuses. Inlined,
         # it would unpack each weight again for every 4 tokens.
-        deq = _dequantize_producer(sch, main_rv) if row_iter is not None else None
-        if row_iter is not None and deq is None and k >= MIN_COPY_K:
+        deq = _dequantize_producer(sch, main_rv) if row_iter is not None and not direct_w else None
+        if row_iter is not None and deq is None and k >= MIN_COPY_K and not direct_w:
             deq = _weight_copy(sch, main_rv)
         tail, widened = _around_the_matmul(sch, main_rv, copies, deq, tile.lanes)
 
@@ -345,11 +382,13 @@ class NTMatmulCPU(dl.ScheduleRule):
         # lane sums, the padded-output writeback and the epilogue run per task, on hot outputs
         for blk in tree:
             sch.reverse_compute_at(blk, col_oi)
-            lo, hi, r, c = sch.get_loops(blk)[-4:]
-            sch.reorder(r, c, hi, lo)
-            sch.unroll(r)
-            sch.unroll(c)
-            sch.unroll(hi)
+            # (lane, half, row, col) under col_oi; a one-row tile's unit row loop is gone
+            loops = sch.get_loops(blk)
+            depth = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(col_oi)))
+            lo, hi, *rc = loops[depth + 1:]
+            sch.reorder(*rc, hi, lo)
+            for loop in (*rc, hi):
+                sch.unroll(loop)
             sch.vectorize(lo)
             sch.set_scope(blk, 0, "local")
         sch.reverse_compute_at(main_rv, col_oi)
@@ -372,6 +411,47 @@ class NTMatmulCPU(dl.ScheduleRule):
         old = {sch.get(b).name_hint for b in sch.get_producers(main_rv)}
         sch.pad_einsum(main_rv, [rows if i == row_iter else 1 for i in range(n_iters)])
         return [b for b in sch.get_producers(main_rv) if sch.get(b).name_hint not in old]
+
+
+def _one_row_form_applies(sch: s_tir.Schedule, found: tuple) -> bool:
+    """Whether the matched matmul has a symbolic token count and a W block (a dequantize
+    producer, or a float W of K >= MIN_COPY_K that the many-rows form copies)."""
+    main_rv, pattern, _, _, k, m_ext = found
+    if not pattern.m_iters or m_ext[-1] is not None:
+        return False
+    return _dequantize_producer(sch, main_rv) is not None or (
+        k >= MIN_COPY_K and _float_weight(sch.get(main_rv)) is not None)
+
+
+def _row_count(func: tirx.PrimFunc, found: tuple):
+    """The matmul's token count (the product of its output-row extents) as an expression."""
+    _, pattern, ext, *_ = found
+    rows = ext[pattern.m_iters[0]]
+    for i in pattern.m_iters[1:]:
+        rows = rows * ext[i]
+    return rows
+
+
+def _suffixed(func: tirx.PrimFunc, suffix: str) -> tirx.PrimFunc:
+    """``func`` with ``suffix`` on the name of every block but the root (block names must stay
+    unique when two schedules of one function are joined)."""
+    def on_block(block):
+        if block.name_hint == "root":
+            return block
+        return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint + suffix, block.body,
+                            block.init, block.alloc_buffers, block.match_buffers, block.annotations)
+    return func.with_body(_rewrite(func.body, on_block=on_block))
+
+
+def _branch(cond, then_func: tirx.PrimFunc, else_func: tirx.PrimFunc) -> s_tir.Schedule:
+    """One function running ``then_func``'s body when ``cond`` holds, else ``else_func``'s: two
+    schedules of the same function (same parameters), under one root block."""
+    a, b = then_func.body.block, else_func.body.block
+    root = s_tir.SBlock(a.iter_vars, a.reads, a.writes, a.name_hint, tirx.IfThenElse(cond, a.body, b.body), a.init,
+                        list(a.alloc_buffers) + list(b.alloc_buffers), a.match_buffers, a.annotations)
+    func = then_func.with_body(s_tir.SBlockRealize(then_func.body.iter_values, then_func.body.predicate, root))
+    # a Let both schedules inherited (fast_math's sigmoid) is now defined twice: rename
+    return s_tir.Schedule(tirx.transform.ConvertSSA()(tvm.IRModule({"main": func}))["main"])
 
 
 def _halving_lane_sums(sch: s_tir.Schedule, main_rv, lanes: int, out_ndim: int) -> list:
