@@ -189,33 +189,47 @@ def test_weight_prologue_with_symbolic_rows(rng):
 
 
 
-def test_one_row_reads_w_directly_with_the_same_arithmetic(rng):
-    """A group-quantized W with symbolic T gets two forms, chosen at run time: one row with the
-    dequantize inlined into the W loads, more with the per-task dequantize block. Both compute a
-    row with the same operations in the same order: each row of a T-row call is bit-identical
-    to that row run alone (the server's batch_decode of one sequence runs the first form, its
-    batches and prefills the second)."""
+@pytest.mark.parametrize("w_kind", ["q4", "float16", "float32"])
+def test_one_row_reads_w_directly_with_the_same_arithmetic(w_kind, rng):
+    """A symbolic-T matmul whose W the many-rows form puts in a per-task block (dequantized
+    4-bit codes, or a float W of K >= MIN_COPY_K, copied and widened) gets a second form, chosen
+    at run time for calls of one row, that reads W in its loads. Both compute a row with the
+    same operations in the same order: each row of a T-row call is bit-identical to that row
+    run alone (the server's batch_decode of one sequence runs the first form, its batches and
+    prefills the second)."""
     K, N = 256, 48
     m = tvm.tirx.Var("m", "int64")
     x = te.placeholder((m, K), "float16", name="x")
-    q = te.placeholder((N, K // 8), "uint32", name="q")
-    scale = te.placeholder((N, K // 32), "float16", name="scale")
-    y = q_matmul_te(x, q, scale, 4, 32, "float16")
-    sch = NTMatmulCPU().apply(te.create_prim_func([x, q, scale, y]), TARGET, False)
+    if w_kind == "q4":
+        q = te.placeholder((N, K // 8), "uint32", name="q")
+        scale = te.placeholder((N, K // 32), "float16", name="scale")
+        y = q_matmul_te(x, q, scale, 4, 32, "float16")
+        weights = [rng.integers(0, 2**32, (N, K // 8), dtype=np.uint64).astype(np.uint32),
+                   rng.uniform(0.01, 0.1, (N, K // 32)).astype(np.float16)]
+        sch = NTMatmulCPU().apply(te.create_prim_func([x, q, scale, y]), TARGET, False)
+    else:
+        w = te.placeholder((N, K), w_kind, name="w")
+        r = te.reduce_axis((0, K), name="k")
+        acc = te.compute((m, N), lambda t, n: te.sum(x[t, r].astype("float32") * w[n, r].astype("float32"),
+                                                     axis=r), name="NT_matmul")
+        y = te.compute((m, N), lambda t, n: acc[t, n].astype("float16"), name="cast")
+        weights = [rng.standard_normal((N, K)).astype(w_kind)]
+        sch = NTMatmulCPU().apply(te.create_prim_func([x, w, y]), TARGET, False)
     assert sch is not None
     script = sch.mod["main"].script()
-    assert script.count("if m == T.int64(1)") == 1 and script.count('T.sblock("dequantize")') == 1
+    assert script.count("if m == T.int64(1)") == 1
     lib = compile_func(sch.mod["main"], TARGET, "main")
-    qa = rng.integers(0, 2**32, (N, K // 8), dtype=np.uint64).astype(np.uint32)
-    sa = rng.uniform(0.01, 0.1, (N, K // 32)).astype(np.float16)
     xa = rng.standard_normal((19, K)).astype(np.float16)
 
     def run(rows):
         out = tvm.runtime.empty((rows.shape[0], N), "float16", tvm.cpu())
-        lib["main"](*(tvm.runtime.tensor(v) for v in (rows, qa, sa)), out)
+        lib["main"](*(tvm.runtime.tensor(v) for v in (rows, *weights)), out)
         return out.numpy()
     alone = np.concatenate([run(xa[i:i + 1]) for i in range(xa.shape[0])])
-    ref = q_matmul_numpy(xa, qa, sa, 4, 32)
+    if w_kind == "q4":
+        ref = q_matmul_numpy(xa, *weights, 4, 32)
+    else:
+        ref = xa.astype(np.float64) @ weights[0].astype(np.float64).T
     np.testing.assert_allclose(alone, ref, rtol=0, atol=2e-3 * np.abs(ref).max())
     for rows in (2, 4, 5, 19):
         assert (run(xa[:rows]) == alone[:rows]).all(), f"{rows} rows differ from each row alone"
