@@ -18,7 +18,7 @@ SHAPES = {"rwkv5": dict(n_layer=2, n_embd=64, vocab_size=1024, head_size=32, see
           "rwkv6": dict(n_layer=2, n_embd=64, vocab_size=1024, head_size=32, dim_mix_lora=8, dim_decay_lora=16, seed=5),
           "rwkv7": dict(n_layer=2, n_embd=64, vocab_size=1024, head_size=32, dim_decay_lora=16, dim_a_lora=16,
                         dim_v_lora=8, dim_gate_lora=24, seed=5)}
-LENGTHS = (10, 1_000, 10_000, 100_000)
+LENGTHS = (10, 1_000, 10_000, 40_000, 70_000, 100_000)
 MAX_RSS_GROWTH = 0.05  # relative, 10K -> 100K tokens
 # absolute, 10K -> 100K: one chunk's (512 x 64 fp32) activations leaked per chunk would be 22 MiB
 MAX_RSS_GROWTH_BYTES = 16 * 2**20
@@ -38,7 +38,7 @@ def long_run(factory, request):
     report = json.loads(proc.stdout)
     records = {r["tokens"]: r for r in report["records"]}
     print(f"\n100K-token prefill: {sum(r['segment_seconds'] for r in report['records']):.2f} s "
-          f"({records[100_000]['us_per_token']:.1f} us/token for 10K -> 100K), subprocess wall {wall:.1f} s; "
+          f"({records[100_000]['us_per_token']:.1f} us/token for 70K -> 100K), subprocess wall {wall:.1f} s; "
           f"RSS {records[10_000]['rss'] / 2**20:.1f} -> {records[100_000]['rss'] / 2**20:.1f} MiB")
     return ckpt, lib, report, records
 
@@ -66,7 +66,10 @@ def test_state_size_independent_of_length(long_run):
 def test_prefill_cost_per_token_flat(long_run):
     _, _, report, records = long_run
     assert report["prefill_chunk_size"] == 512  # the runtime chunked the 100K tokens
-    # per token, the 90K tokens after 10K cost about what the 9K before did (a cost that grows with
-    # the context would be 10x); the bound is loose for timing noise on a shared machine
-    assert records[100_000]["us_per_token"] < 4 * records[10_000]["us_per_token"]
+    # per token, the last 60K tokens cost about what the 9K before 10K did: a cost that grows with
+    # the context would be >= 10x in both 30K segments (40K-70K, 70K-100K). The better of the two
+    # is compared, and the bound is loose, for timing noise on a shared machine (the other test
+    # worker once made one 90K segment 6x slower)
+    late = min(records[n]["us_per_token"] for n in (70_000, 100_000))
+    assert late < 4 * records[10_000]["us_per_token"], (late, records[10_000]["us_per_token"])
     assert sum(r["segment_seconds"] for r in report["records"]) < 60

@@ -152,6 +152,26 @@ def test_bad_logits_give_the_numpy_samplers_errors():
     assert run_kernel(x, [0], [3], [np.inf], params)[0] == reference(x, sampler, 0.5)[0] >= 0
 
 
+
+def test_chunks_far_below_the_maximum_draw_as_the_twin():
+    """A token ~100 above every other, and chunks whose maxima sit 60-120 below it (their e
+    scale underflows fp32: the kernel flushes that scale to 0 instead of multiplying denormals):
+    the draws equal the twin's, greedy, top-p, top-k and keep-all."""
+    rng = np.random.default_rng(7)
+    V = 65536
+    ch = V // 16
+    for peak in (False, True):
+        x = logits_like_a_model(rng, V)
+        for c, drop in zip(range(3, 16, 3), (60, 90, 120, 200, 87)):
+            x[c * ch:(c + 1) * ch] -= drop
+        if peak:
+            x[12345] = x.max() + 100
+        for params in ((0, 1, 0, 0.3), (1, 0.3, 0, 0.7), (0.7, 0.9, 40, 0.2), (1, 1, 0, 0.999)):
+            p = np.array([params], np.float32)
+            none = np.zeros(0, np.int32)
+            want = sample_logits_numpy(x[None], none, none, np.zeros(0, np.float32), p)
+            assert (run_kernel(x, [-1], [0], [0], p) == want).all(), (peak, params)
+
 def test_the_kernel_consumes_its_logits():
     """It works in place (nothing else of the logits' size is written): they become exp(x - max)."""
     V = 200  # one chunk (exp is taken from each chunk's own maximum), not a whole number of vectors

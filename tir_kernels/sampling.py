@@ -242,7 +242,12 @@ def sample_logits(V: int, target: str = "cpu"):
                 sd[0] = T.float64(0)
                 for c in range(T.int64(CHUNKS)):
                     if cmax[c] > -inf:
-                        scale[c] = T.Cast(f32, T.exp(T.Cast(f64, cmax[c]) - T.Cast(f64, m)))
+                        # a chunk whose maximum sits more than ~87 below m: its scale is a denormal,
+                        # below every threshold with any e (<= 1) it multiplies, and every product
+                        # with it a denormal (a microcode assist each: peaked logits ran 3.5x
+                        # slower). 0 instead: no candidate changes, and S >= 1 in fp64 cannot see it
+                        sc: T.let = T.Cast(f32, T.exp(T.Cast(f64, cmax[c]) - T.Cast(f64, m)))
+                        scale[c] = T.Select(sc >= T.float32(TINY), sc, T.float32(0))
                         sd[0] = sd[0] + csum[c] * T.Cast(f64, scale[c])
                     else:
                         scale[c] = T.float32(0)
