@@ -264,7 +264,7 @@ class NTMatmulCPU(dl.ScheduleRule):
         one = self._apply(fresh, _matched(fresh), target, direct_w=True, one_row=True)
         if block is None or one is None:
             return block
-        return _branch(_row_count(func, found) == 1, _suffixed(one.mod["main"], "_one_row"), block.mod["main"])
+        return _branch(_row_count(found) == 1, _suffixed(one.mod["main"], "_one_row"), block.mod["main"])
 
     def _apply_small_k(self, sch: s_tir.Schedule, found: tuple, target: Target) -> s_tir.Schedule | None:
         """GEMMs with a short float reduction (K <= ``SMALL_K``: RWKV-6/7's LoRA up-projections,
@@ -423,7 +423,7 @@ def _one_row_form_applies(sch: s_tir.Schedule, found: tuple) -> bool:
         k >= MIN_COPY_K and _float_weight(sch.get(main_rv)) is not None)
 
 
-def _row_count(func: tirx.PrimFunc, found: tuple):
+def _row_count(found: tuple):
     """The matmul's token count (the product of its output-row extents) as an expression."""
     _, pattern, ext, *_ = found
     rows = ext[pattern.m_iters[0]]
