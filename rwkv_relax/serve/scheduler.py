@@ -242,26 +242,28 @@ class Scheduler:
         """Each job's next token (or the error drawing it raised), from its row of logits: the rows
         of one forward in one call of the library's sampling kernel (``sample_rows``), which
         consumes them. A job that asked for logprobs reads its row first, in numpy, where it is
-        also drawn."""
-        out, groups = {}, {}
+        also drawn (the forward's rows reach numpy once, however many such jobs share it)."""
+        out, forwards = {}, {}
         for job in jobs:
             raw, row, rows = job.source
-            if job.logprobs is None:
-                groups.setdefault(id(raw), (raw, rows, []))[2].append((row, job))
-                continue
-            try:
-                logits = self.model.rows(raw, rows)[row]
-                out[id(job)] = token = job.sampler.sample(logits)
-                job.token_logprobs = self._logprobs(logits, token, job.logprobs)
-            except Exception as err:
-                out[id(job)] = err
-        for raw, rows, members in groups.values():
-            samplers = [None] * rows
+            forwards.setdefault(id(raw), (raw, rows, []))[2].append((row, job))
+        for raw, rows, members in forwards.values():
+            samplers, host = [None] * rows, None
             for row, job in members:
-                samplers[row] = job.sampler
-            drawn = self.model.sample_rows(raw, samplers)
-            for row, job in members:
-                out[id(job)] = drawn[row]
+                if job.logprobs is None:
+                    samplers[row] = job.sampler
+                    continue
+                try:
+                    host = self.model.rows(raw, rows) if host is None else host
+                    out[id(job)] = token = job.sampler.sample(host[row])
+                    job.token_logprobs = self._logprobs(host[row], token, job.logprobs)
+                except Exception as err:
+                    out[id(job)] = err
+            if any(s is not None for s in samplers):
+                drawn = self.model.sample_rows(raw, samplers)
+                for row, job in members:
+                    if samplers[row] is not None:
+                        out[id(job)] = drawn[row]
         return [out[id(job)] for job in jobs]
 
     def _judge(self, job: Job, token: int) -> int | None:
