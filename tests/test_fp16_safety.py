@@ -59,10 +59,13 @@ def test_fp32_layers_keep_q0f16_finite_and_close(factory, overflow_checkpoint, r
     assert params["blocks.0.ffn.key.weight"] == "float32" and params["blocks.1.ffn.key.weight"] == "float16"
 
 
-def test_state_decay_bonus_stay_fp32_in_fp16_models(factory, overflow_checkpoint):
+def test_state_decay_bonus_stay_fp32_in_fp16_models(overflow_checkpoint):
+    """The exported module's parameter and state dtypes, the metadata a library carries (the
+    q0f16 library of the test above loads and runs with them)."""
+    from rwkv_relax.pipeline import export, resolve_model
     ckpt, _ = overflow_checkpoint
     for mode in ("q0f16", "q4f16_1"):
-        md = load_model(factory.library(ckpt, quantization=mode), ckpt).metadata
+        md = export(resolve_model(str(ckpt)), mode)[1]
         dtypes = {p["name"]: p["dtype"] for p in md["params"]}
         for i in range(md["num_hidden_layers"]):
             for name in FP32_PARAMS[md["model_type"]]:

@@ -87,7 +87,10 @@ def test_compiled_matches_float64_model_on_dequantized_weights(factory, rng, mod
     decode (chunked rows)."""
     shape = ARCH_SHAPES[arch]
     ckpt = factory.checkpoint(arch, "quant", **shape)
-    model = load_model(factory.library(ckpt, quantization=mode, overrides={"ffn_value_layout": layout}), ckpt)
+    # the default layout is built without the override: the same library as the other tests' (one build)
+    layout_kwargs = {} if layout == "dense" else {"overrides": {"ffn_value_layout": layout}}
+    model = load_model(factory.library(ckpt, quantization=mode, **layout_kwargs), ckpt)
+    assert model.metadata["model_config"]["ffn_value_layout"] == layout
     value = "blocks.1.ffn.value." + ("weight" if mode.startswith("q0") else "q_weight")
     assert (value + "_t" in {p["name"] for p in model.metadata["params"]}) == (layout == "hidden_major")
     params = {p["name"]: t.numpy() for p, t in zip(model.metadata["params"], model.params)}
