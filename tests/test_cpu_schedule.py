@@ -188,7 +188,6 @@ def test_weight_prologue_with_symbolic_rows(rng):
         np.testing.assert_allclose(out.numpy(), xa @ w_ref.T, rtol=RTOL, atol=RTOL * np.abs(xa @ w_ref.T).max())
 
 
-
 @pytest.mark.parametrize("w_kind", ["q4", "float16", "float32"])
 def test_one_row_reads_w_directly_with_the_same_arithmetic(w_kind, rng):
     """A symbolic-T matmul whose W the many-rows form puts in a per-task block (dequantized

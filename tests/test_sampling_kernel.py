@@ -152,7 +152,6 @@ def test_bad_logits_give_the_numpy_samplers_errors():
     assert run_kernel(x, [0], [3], [np.inf], params)[0] == reference(x, sampler, 0.5)[0] >= 0
 
 
-
 def test_chunks_far_below_the_maximum_draw_as_the_twin():
     """A token ~100 above every other, and chunks whose maxima sit 60-120 below it (their e
     scale underflows fp32: the kernel flushes that scale to 0 instead of multiplying denormals):
@@ -171,6 +170,7 @@ def test_chunks_far_below_the_maximum_draw_as_the_twin():
             none = np.zeros(0, np.int32)
             want = sample_logits_numpy(x[None], none, none, np.zeros(0, np.float32), p)
             assert (run_kernel(x, [-1], [0], [0], p) == want).all(), (peak, params)
+
 
 def test_the_kernel_consumes_its_logits():
     """It works in place (nothing else of the logits' size is written): they become exp(x - max)."""
