@@ -200,6 +200,33 @@ def test_flat_rows_and_keep_all_are_decided_on_the_second_rung():
     assert run_kernel(np.zeros(V, np.float32), [], [], [], [0.0, 0.5, 0, 0.5])[0] == 0
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.6, 1.7])
+def test_keep_all_draws_through_every_chunk_as_the_sampler(temperature):
+    """top_p = 1 without top-k keeps every token and draws without a candidate list (chunk sums,
+    then one chunk id by id): u from 0 to 1 walks the whole vocabulary in order, as the numpy
+    Sampler's cdf does, and a u that rounds up to 1 in fp32 takes the last token with weight."""
+    rng = np.random.default_rng(11)
+    V = 65536 - 5  # a partial last vector
+    x = rng.standard_normal(V).astype(np.float32) * 0.5
+    banned = [V - 1, V - 2]
+    sampler = Sampler(temperature=temperature, top_p=1.0, presence_penalty=0, frequency_penalty=0, token_ban=banned)
+    rows, ids, sub = adjustments(sampler)
+    us = np.concatenate([np.linspace(0.0, 0.999, 41), [np.nextafter(np.float32(1), np.float32(0)), 1.0]])
+    got = [run_kernel(x, rows, ids, sub, [temperature, 1.0, 0, u])[0] for u in us]
+    twin = [sample_logits_numpy(x[None], rows, ids, sub, np.array([[temperature, 1.0, 0, u]], np.float32))[0]
+            for u in us]
+    assert got == twin
+    assert got == sorted(got) and got[0] == 0 and got[-1] == V - 3  # the last id not banned
+    assert len({g * 16 // V for g in got}) == 16  # every chunk drawn from
+    compared = 0
+    for u, g in zip(us, got):
+        want, clear = reference(x, sampler, u)
+        if clear:
+            assert g == want, (u, g, want)
+            compared += 1
+    assert compared >= 30  # (u = 0 and u = 1 sit on boundaries)
+
+
 def test_sampler_kernel_args_match_its_adjust():
     """kernel_args says what adjust does: bans subtract +inf, seen tokens their penalty."""
     sampler = Sampler(presence_penalty=0.3, frequency_penalty=0.5, penalty_decay=0.9, token_ban=[2, 40],
