@@ -227,6 +227,37 @@ def test_keep_all_draws_through_every_chunk_as_the_sampler(temperature):
     assert compared >= 30  # (u = 0 and u = 1 sit on boundaries)
 
 
+@pytest.mark.parametrize("temperature, top_p, top_k", [
+    (1.0, 0.85, 0), (0.7, 0.95, 0), (1.4, 0.5, 0), (1.0, 0.999, 0), (0.8, 0.9, 40), (1.0, 0.99, 300)])
+def test_rows_too_flat_for_the_first_rung_draw_as_the_sampler(temperature, top_p, top_k):
+    """The tokens holding 1/4096 of the mass hold far less than top_p of it. Without top-k the kernel
+    takes the cutoff from the whole vocabulary (a histogram of e, a bisection inside one bucket) and
+    draws without a list; with top-k the cutoff lies below every candidate and the k are kept from
+    the first rung. Draws equal the twin's and the numpy Sampler's."""
+    rng = np.random.default_rng(int(100 * top_p) + top_k)
+    V = 65536 - 3
+    x = (rng.standard_normal(V) * 0.8).astype(np.float32)
+    x[rng.choice(V, 3, replace=False)] += 4.5  # a small head
+    sampler = Sampler(temperature=temperature, top_p=top_p, top_k=top_k, presence_penalty=0.3,
+                      frequency_penalty=0.5, token_ban=[7, int(np.argmax(x))])
+    for token in (11, 12, 11, int(np.argsort(x)[-2])):
+        sampler.accept(token)
+    p = np.exp(sampler.adjust(x) - sampler.adjust(x).max())
+    p /= p.sum()
+    assert p[p >= 2.0 ** -12].sum() < 0.05 < top_p  # rung 1 cannot decide top-p
+    rows, ids, sub = adjustments(sampler)
+    compared = 0
+    for u in rng.random(30):
+        params = [temperature, top_p, top_k, u]
+        got = run_kernel(x, rows, ids, sub, params)[0]
+        assert got == sample_logits_numpy(x[None], rows, ids, sub, np.array([params], np.float32))[0]
+        want, clear = reference(x, sampler, u)
+        if clear:
+            assert got == want, (u, got, want)
+            compared += 1
+    assert compared >= 20
+
+
 def test_sampler_kernel_args_match_its_adjust():
     """kernel_args says what adjust does: bans subtract +inf, seen tokens their penalty."""
     sampler = Sampler(presence_penalty=0.3, frequency_penalty=0.5, penalty_decay=0.9, token_ban=[2, 40],

@@ -24,14 +24,22 @@ Per row b of ``logits`` (B = D0 * D1 rows of V), with ``params[b] = (temperature
    (ChatRWKV's "value at which the sorted cumulative sum reaches top_p", ties kept), found by
    bisection on the fp32 bit patterns of the candidates (vectorised sums); top-k (0 < k < V): the
    k-th largest value, ties broken towards lower ids as the numpy sampler does. Kept: both.
-   Where the candidates cannot decide (top-p reaches below them, k is larger than their number),
-   steps 2-3 run again on ``e >= RUNG2 * S`` (the numpy sampler's second rung), then on every
-   token with e > 0 (1.2-1.5 ms at V = 65536 for top-p 0.85-0.95 on a flat row: the loops over
-   the candidates are partly scalar; numpy takes 0.36-1.7 ms there).
+   Where the candidates cannot decide:
+   - top-p reaches below them under top-k: the cutoff lies below every candidate, so it keeps
+     them all and top-k keeps its k (k <= the candidates: no other token can tie with the k-th);
+   - without top-k, T > 0 (top-p on a flat row; no token holds 1/4096 of the mass): the full
+     vocabulary. e * scale in place; per task its mass per bucket of bit patterns (``>> HSHIFT``,
+     a quarter octave; SUBS interleaved copies so the adds do not chain through memory); the
+     bucket where the mass from the top reaches top_p * S; the bisection over that bucket's
+     values alone; then the listless draw below (~0.24 ms at V = 65536 for top-p 0.85-0.95 where
+     the lists of rungs 2 and 3 took 1.2-1.5 ms);
+   - otherwise (greedy, k larger than their number): steps 2-3 run again on ``e >= RUNG2 * S``
+     (the numpy sampler's second rung), then on every token with e > 0.
    Keep-all (top_p >= 1 without top-k, T > 0: no filter, OpenAI's default) builds no candidate
-   list: q (step 4) in place for every token with e >= TINY, each chunk's fp64 sum lane by lane,
-   the chunk whose running sum passes ``u * sum q``, then that chunk id by id (~0.06 ms at T = 1,
-   ~0.13 ms otherwise, at V = 65536; through the last rung's list it took 0.45 ms).
+   list either. The listless draw: q (step 4) in place for every kept token (e >= TINY and at
+   or above the cutoff), each chunk's fp64 sum lane by lane, the chunk whose running sum passes
+   ``u * sum q``, then that chunk id by id (keep-all: ~0.06 ms at T = 1, ~0.13 ms otherwise, at
+   V = 65536; through the last rung's list it took 0.45 ms).
 4. Weights q = e^(1 / T) = exp((x - m) / T) over the kept tokens (fp32 in whole vectors through
    ``ln_f32_vec``; the maximum is always kept), summed in fp64; the token is the first kept id
    whose running sum of q exceeds ``u * sum q`` (``searchsorted(..., "right")``). Temperature 0
@@ -55,6 +63,9 @@ RUNG = 2.0 ** -12
 RUNG2 = 2.0 ** -16  # the second rung, as the numpy sampler's: most of a flat row's mass, not all of it
 TINY = float(np.finfo(np.float32).tiny)  # the last rung: every e > 0
 CHUNKS = 16  # parallel tasks per pass
+HSHIFT = 21  # full-vocabulary top-p: buckets of fp32 bit patterns >> HSHIFT (a quarter octave each)
+NB = 512  # buckets: every e <= 1 (bits <= 0x3F800000) has bits >> HSHIFT < NB
+SUBS = 4  # histogram copies per task, lane l adding into copy l % SUBS: no chain through memory
 LANES = 16
 GROUP = 16  # vectors per group of the candidate search
 # what the numpy sampler raises for (SamplerError), in its order of checks
@@ -113,13 +124,14 @@ def sample_logits(V: int, target: str = "cpu"):
         vec[l] = T.max(vec[l], ev)
 
     @T.macro
-    def weight(logits, r0, r1, at, l, sc, temp, qacc, powered):
-        """Lane l, keep-all: q = (e * scale)^(1 / T), 0 below TINY (the last rung's test), in place,
+    def weight(logits, r0, r1, at, l, sc, lo_bits, temp, qacc, powered):
+        """Lane l of a draw without a candidate list: q = (e * sc)^(1 / T) where e * sc is kept
+        (>= TINY, the last rung's test, and bits >= lo_bits, the top-p cutoff), else 0, in place,
         into the lane's fp64 sum. The same fp32 arithmetic as step 5 on a candidate; ``powered``
         (T != 1, a Python bool: two loops, so that T = 1 never computes the ln and exp)."""
         v: T.let = logits[r0, r1, at + l] * sc
         w: T.let = exp_f32_vec(ln_f32_vec(v) / temp) if powered else v
-        q: T.let = T.Select(v >= T.float32(TINY), w, T.float32(0))
+        q: T.let = T.Select(v >= T.float32(TINY) and T.reinterpret(i32, v) >= lo_bits, w, T.float32(0))
         logits[r0, r1, at + l] = q
         qacc[l] = qacc[l] + T.Cast(f64, q)
 
@@ -174,8 +186,9 @@ def sample_logits(V: int, target: str = "cpu"):
         acc = T.alloc_buffer((LANES,), f64)
         sf = T.alloc_buffer((3,), f32)  # m, some value finite, some NaN
         sd = T.alloc_buffer((4,), f64)  # S, kept weight, running weight
-        # n candidates, token, ties left, top-p undecided, decided, keep-all: a chunk passed u * total
-        si = T.alloc_buffer((6,), i64)
+        # n candidates, token, ties left, top-p undecided, decided, listless draw: a chunk passed u * total
+        si = T.alloc_buffer((7,), i64)  # ... and how a listless draw takes e: 1 times scale, 2 as it is
+        hist = T.alloc_buffer((CHUNKS, SUBS * NB), f64)  # full-vocabulary top-p: mass per bucket
         lo = T.alloc_buffer((1,), i32)
         hi = T.alloc_buffer((1,), i32)
         for b in range(D0 * D1):
@@ -278,72 +291,14 @@ def sample_logits(V: int, target: str = "cpu"):
                 k_on: T.let = top_k > T.int64(0) and top_k < V
                 # no filter: straight to the last rung
                 keep_all: T.let = temp > T.float32(0) and top_p >= T.float32(1) and not k_on
-                if keep_all:
-                    # every token with e >= TINY is kept: no candidate list. q per token in place
-                    # (one vectorised pass per chunk, its fp64 sum lane by lane), then the chunk
-                    # where the running sum of the chunks' sums passes u * total, then the token
-                    # in that chunk where the running sum passes it (one scalar pass over one
-                    # chunk). A candidate list of the whole vocabulary cost ~0.45 ms at 65536.
-                    for c in T.parallel(T.int64(CHUNKS)):
-                        qacc = T.alloc_buffer((LANES,), f64, scope="global")
-                        for l in T.vectorized(T.int64(LANES)):
-                            qacc[l] = T.float64(0)
-                        for i in range(T.int64(blocks)):
-                            at3: T.let = c * ch + i * LANES
-                            if temp == T.float32(1):
-                                if at3 + LANES <= V:
-                                    for l in T.vectorized(T.int64(LANES)):
-                                        weight(logits, r0, r1, at3, l, scale[c], temp, qacc, False)
-                                elif at3 < V:
-                                    for l in range(T.int64(LANES)):
-                                        if at3 + l < V:
-                                            weight(logits, r0, r1, at3, l, scale[c], temp, qacc, False)
-                            elif at3 + LANES <= V:
-                                for l in T.vectorized(T.int64(LANES)):
-                                    weight(logits, r0, r1, at3, l, scale[c], temp, qacc, True)
-                            elif at3 < V:
-                                for l in range(T.int64(LANES)):
-                                    if at3 + l < V:
-                                        weight(logits, r0, r1, at3, l, scale[c], temp, qacc, True)
-                        hsum(qacc)
-                        qsum[c] = qacc[0]
-                    sd[2] = T.float64(0)
-                    for c in range(T.int64(CHUNKS)):
-                        sd[2] = sd[2] + qsum[c]
-                    goal2: T.let = T.Cast(f64, params[b, 3]) * sd[2]
-                    # the chunk: the first whose running sum passes the goal, else (u * total
-                    # rounded up to the total) the last with any weight
-                    sd[3] = T.float64(0)  # the sum of the chunks before it
-                    si[0] = T.int64(-1)
-                    si[2] = T.int64(0)
-                    for c in range(T.int64(CHUNKS)):
-                        if si[0] < T.int64(0):
-                            if sd[3] + qsum[c] > goal2:
-                                si[0] = c
-                            else:
-                                sd[3] = sd[3] + qsum[c]
-                        if qsum[c] > T.float64(0):
-                            si[2] = c
-                    si[5] = T.Select(si[0] >= T.int64(0), T.int64(1), T.int64(0))
-                    if si[5] == T.int64(0):
-                        si[0] = si[2]
-                    # the token: the first whose running sum passes the goal, else (no chunk
-                    # passed it, or this chunk's sum taken lane by lane passed it and the same
-                    # sum id by id does not) the chunk's last with any weight
-                    si[1] = T.int64(-1)
-                    si[3] = T.int64(-1)
-                    for i in range(T.int64(ch)):
-                        idx3: T.let = si[0] * ch + i
-                        if idx3 < V:
-                            if logits[r0, r1, idx3] > T.float32(0):
-                                sd[3] = sd[3] + T.Cast(f64, logits[r0, r1, idx3])
-                                si[3] = idx3
-                                if si[1] < T.int64(0) and si[5] == T.int64(1) and sd[3] > goal2:
-                                    si[1] = idx3
-                    out[b] = T.Cast(i32, T.Select(si[1] >= T.int64(0), si[1], si[3]))
-                    si[4] = T.int64(1)
+                # without top-k, a row that rung 1 cannot decide (a flat one under top-p) takes the
+                # full vocabulary: a cutoff from a histogram of e, then a listless draw (the lists
+                # of rungs 2 and 3 cost 1.2-1.5 ms at 65536)
+                full: T.let = temp > T.float32(0) and not k_on
+                si[6] = T.Select(keep_all, T.int64(1), T.int64(0))
+                lo[0] = T.int32(0)
                 for attempt in range(3):
-                    if si[4] == T.int64(0):
+                    if si[4] == T.int64(0) and si[6] == T.int64(0) and (attempt == 0 or not full):
                         # 3. candidates: e >= RUNG * S, in increasing id order. Each chunk is scanned by
                         # the task that wrote it (its e is in that core's cache) into its own slice, then
                         # the slices are joined. Id = (group * GROUP + v) * LANES + l: the lanes whose
@@ -401,8 +356,11 @@ def sample_logits(V: int, target: str = "cpu"):
                                 sd[1] = T.float64(0)
                                 for k in range(n_cand):
                                     sd[1] = sd[1] + T.Cast(f64, le[k])
-                                if sd[1] < target:  # (on the last rung only by rounding: keep all)
-                                    si[3] = T.Select(last, T.int64(0), T.int64(1))
+                                # top-p reaches below the rung: the next rung, except on the last
+                                # (there only by rounding) and under top-k, which keeps its k
+                                # here: the cutoff lies below every candidate, and so keeps them all
+                                if sd[1] < target:
+                                    si[3] = T.Select(last or k_use, T.int64(0), T.int64(1))
                                 else:
                                     hi[0] = T.int32(0x7F800000)
                                     bisect(lb, le, n_vec, acc, lo, hi, lambda got: got >= target)
@@ -457,19 +415,161 @@ def sample_logits(V: int, target: str = "cpu"):
                                         if lq[k] > T.float64(0):
                                             si[1] = T.Cast(i64, lid[k])
                                 out[b] = T.Cast(i32, si[1])
+                if si[4] == T.int64(0) and si[6] == T.int64(0):
+                    # full-vocabulary top-p (only rows with `full` get here undecided). e * scale in
+                    # place (0 below TINY), and per task its mass per bucket of bit patterns
+                    target3: T.let = T.Cast(f64, top_p) * sd[0]
+                    for c in T.parallel(T.int64(CHUNKS)):
+                        for j in range(T.int64(SUBS * NB // LANES)):
+                            for l in T.vectorized(T.int64(LANES)):
+                                hist[c, j * LANES + l] = T.float64(0)
+                        for i in range(T.int64(blocks)):
+                            at4: T.let = c * ch + i * LANES
+                            for l in T.unroll(T.int64(LANES)):
+                                if at4 + l < V:
+                                    v4: T.let = logits[r0, r1, at4 + l] * scale[c]
+                                    v5: T.let = T.Select(v4 >= T.float32(TINY), v4, T.float32(0))
+                                    logits[r0, r1, at4 + l] = v5
+                                    hb: T.let = (l % SUBS) * NB + T.Cast(i64, T.min(
+                                        T.shift_right(T.reinterpret(i32, v5), T.int32(HSHIFT)), T.int32(NB - 1)))
+                                    hist[c, hb] = hist[c, hb] + T.Cast(f64, v5)
+                    for j in range(T.int64(NB // LANES)):
+                        for l in T.vectorized(T.int64(LANES)):
+                            lq[j * LANES + l] = T.float64(0)
+                    for c in range(T.int64(CHUNKS)):
+                        for s4 in range(T.int64(SUBS)):
+                            for j in range(T.int64(NB // LANES)):
+                                for l in T.vectorized(T.int64(LANES)):
+                                    lq[j * LANES + l] = lq[j * LANES + l] + hist[c, s4 * NB + j * LANES + l]
+                    # the bucket where the mass from the top reaches the target; sd[1]: the mass above it
+                    sd[1] = T.float64(0)
+                    si[0] = T.int64(-1)
+                    for jj in range(T.int64(NB)):
+                        if si[0] < T.int64(0):
+                            if sd[1] + lq[NB - 1 - jj] >= target3:
+                                si[0] = NB - 1 - jj
+                            else:
+                                sd[1] = sd[1] + lq[NB - 1 - jj]
+                    if si[0] >= T.int64(0):  # (else only by rounding: keep every token)
+                        # the bucket's values, each task into its slice, then joined (moving left)
+                        for c in T.parallel(T.int64(CHUNKS)):
+                            nb = T.alloc_buffer((1,), i64, scope="global")
+                            nb[0] = T.int64(0)
+                            for i in range(T.int64(ch)):
+                                if c * ch + i < V:
+                                    bits4: T.let = T.reinterpret(i32, logits[r0, r1, c * ch + i])
+                                    if T.Cast(i64, T.min(T.shift_right(bits4, T.int32(HSHIFT)),
+                                                         T.int32(NB - 1))) == si[0]:
+                                        lb[c * ch + nb[0]] = bits4
+                                        le[c * ch + nb[0]] = logits[r0, r1, c * ch + i]
+                                        nb[0] = nb[0] + T.int64(1)
+                            ccount[c] = nb[0]
+                        si[2] = T.int64(0)
+                        for c in range(T.int64(CHUNKS)):
+                            for k in range(ccount[c]):
+                                lb[si[2]] = lb[c * ch + k]
+                                le[si[2]] = le[c * ch + k]
+                                si[2] = si[2] + T.int64(1)
+                        n_b: T.let = si[2]
+                        nv_b: T.let = (n_b + T.int64(LANES - 1)) // T.int64(LANES)
+                        for k in range(n_b, nv_b * LANES):
+                            le[k] = T.float32(0)
+                            lb[k] = T.int32(-1)
+                        lo[0] = T.Cast(i32, si[0]) * T.int32(1 << HSHIFT)
+                        hi[0] = lo[0] + T.int32(1 << HSHIFT)
+                        bisect(lb, le, nv_b, acc, lo, hi, lambda got: sd[1] + got >= target3)
+                    si[6] = T.int64(2)
+                if si[6] > T.int64(0):
+                    # a draw without a candidate list: q per token in place (one vectorised pass
+                    # per chunk, its fp64 sum lane by lane), the chunk where the running sum of
+                    # the chunks' sums passes u * total, then the token in that chunk where the
+                    # running sum passes it (one scalar pass over one chunk). Keep-all takes e
+                    # times the chunk's scale; the full-vocabulary path left it scaled
+                    for c in T.parallel(T.int64(CHUNKS)):
+                        qacc = T.alloc_buffer((LANES,), f64, scope="global")
+                        for l in T.vectorized(T.int64(LANES)):
+                            qacc[l] = T.float64(0)
+                        sc3: T.let = T.Select(si[6] == T.int64(1), scale[c], T.float32(1))
+                        for i in range(T.int64(blocks)):
+                            at3: T.let = c * ch + i * LANES
+                            if temp == T.float32(1):
+                                if at3 + LANES <= V:
+                                    for l in T.vectorized(T.int64(LANES)):
+                                        weight(logits, r0, r1, at3, l, sc3, lo[0], temp, qacc, False)
+                                elif at3 < V:
+                                    for l in range(T.int64(LANES)):
+                                        if at3 + l < V:
+                                            weight(logits, r0, r1, at3, l, sc3, lo[0], temp, qacc, False)
+                            elif at3 + LANES <= V:
+                                for l in T.vectorized(T.int64(LANES)):
+                                    weight(logits, r0, r1, at3, l, sc3, lo[0], temp, qacc, True)
+                            elif at3 < V:
+                                for l in range(T.int64(LANES)):
+                                    if at3 + l < V:
+                                        weight(logits, r0, r1, at3, l, sc3, lo[0], temp, qacc, True)
+                        hsum(qacc)
+                        qsum[c] = qacc[0]
+                    sd[2] = T.float64(0)
+                    for c in range(T.int64(CHUNKS)):
+                        sd[2] = sd[2] + qsum[c]
+                    goal2: T.let = T.Cast(f64, params[b, 3]) * sd[2]
+                    # the chunk: the first whose running sum passes the goal, else (u * total
+                    # rounded up to the total) the last with any weight
+                    sd[3] = T.float64(0)  # the sum of the chunks before it
+                    si[0] = T.int64(-1)
+                    si[2] = T.int64(0)
+                    for c in range(T.int64(CHUNKS)):
+                        if si[0] < T.int64(0):
+                            if sd[3] + qsum[c] > goal2:
+                                si[0] = c
+                            else:
+                                sd[3] = sd[3] + qsum[c]
+                        if qsum[c] > T.float64(0):
+                            si[2] = c
+                    si[5] = T.Select(si[0] >= T.int64(0), T.int64(1), T.int64(0))
+                    if si[5] == T.int64(0):
+                        si[0] = si[2]
+                    # the token: the first whose running sum passes the goal, else (no chunk
+                    # passed it, or this chunk's sum taken lane by lane passed it and the same
+                    # sum id by id does not) the chunk's last with any weight
+                    si[1] = T.int64(-1)
+                    si[3] = T.int64(-1)
+                    for i in range(T.int64(ch)):
+                        idx3: T.let = si[0] * ch + i
+                        if idx3 < V:
+                            if logits[r0, r1, idx3] > T.float32(0):
+                                sd[3] = sd[3] + T.Cast(f64, logits[r0, r1, idx3])
+                                si[3] = idx3
+                                if si[1] < T.int64(0) and si[5] == T.int64(1) and sd[3] > goal2:
+                                    si[1] = idx3
+                    out[b] = T.Cast(i32, T.Select(si[1] >= T.int64(0), si[1], si[3]))
+                    si[4] = T.int64(1)
 
     return sample
 
 
-def _keep_all(e: np.ndarray, temperature: np.float32, u: np.float32) -> int:
-    """The kernel's keep-all draw: q per token, fp64 sums lane by lane per chunk (16 lanes, then
-    the pairwise tree), the chunk whose running sum passes u * total, the token in it id by id."""
+def _full_top_p(e: np.ndarray, S: float, top_p: np.float32, temperature: np.float32, u: np.float32) -> int:
+    """Top-p over every token with e >= TINY (the kernel's histogram and bisection find the same
+    cutoff: the largest value whose mass and above reaches top_p * S), then the listless draw."""
+    ok = e >= np.float32(TINY)
+    target = np.float64(top_p) * S
+    if e[ok].astype(np.float64).sum() < target:  # only by rounding: keep them all
+        return _listless_draw(e, ok, temperature, u)
+    desc = np.sort(e[ok])[::-1]
+    cutoff = desc[np.searchsorted(np.cumsum(desc.astype(np.float64)), target)]
+    return _listless_draw(e, ok & (e >= cutoff), temperature, u)
+
+
+def _listless_draw(e: np.ndarray, kept: np.ndarray, temperature: np.float32, u: np.float32) -> int:
+    """The kernel's draw without a candidate list: q for the kept tokens, fp64 sums lane by lane
+    per chunk (16 lanes, then the pairwise tree), the chunk whose running sum passes u * total,
+    the token in it id by id."""
     V = e.size
     ch = -(-V // (CHUNKS * GROUP * LANES)) * GROUP * LANES
     q = np.zeros(CHUNKS * ch, np.float32)
     with np.errstate(divide="ignore", under="ignore"):
         w = e if temperature == 1 else np.exp(np.log(e) / temperature).astype(np.float32)
-    q[:V] = np.where(e >= np.float32(TINY), w, np.float32(0))
+    q[:V] = np.where(kept, w, np.float32(0))
     lanes = np.cumsum(q.astype(np.float64).reshape(CHUNKS, ch // LANES, LANES), axis=1)[:, -1]  # in order
     for half in (8, 4, 2, 1):
         lanes = lanes[:, :half] + lanes[:, half:2 * half]
@@ -562,9 +662,12 @@ def _sample_row(x: np.ndarray, ids: np.ndarray, sub: np.ndarray, params) -> int:
     S = e.astype(np.float64).sum()
     k_on = 0 < top_k < x.size
     if temperature > 0 and top_p >= 1 and not k_on:  # no filter: every token with e >= TINY
-        return _keep_all(e, np.float32(temperature), np.float32(u))
+        return _listless_draw(e, e >= np.float32(TINY), np.float32(temperature), np.float32(u))
+    full = temperature > 0 and not k_on  # what rung 1 cannot decide takes the full vocabulary
     rungs = ((False, np.float32(S * RUNG)), (False, np.float32(S * RUNG2)), (True, np.float32(TINY)))
-    for last, rung in rungs:
+    for rung_index, (last, rung) in enumerate(rungs):
+        if full and rung_index > 0:
+            return _full_top_p(e, S, np.float32(top_p), np.float32(temperature), np.float32(u))
         cand = np.flatnonzero(e >= rung)
         if not last and (cand.size == 0 or (k_on and top_k > cand.size)):
             continue
@@ -575,7 +678,7 @@ def _sample_row(x: np.ndarray, ids: np.ndarray, sub: np.ndarray, params) -> int:
         if top_p < 1:
             target = np.float64(np.float32(top_p)) * S
             if le.astype(np.float64).sum() < target:
-                if not last:
+                if not last and not (k_on and top_k <= cand.size):  # top-k keeps its k here
                     continue
             else:
                 desc = np.sort(le)[::-1]
