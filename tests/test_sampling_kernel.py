@@ -11,7 +11,7 @@ import pytest
 import tvm
 
 from rwkv_relax.runtime.sampler import INF_LOGITS, KERNEL_ERRORS, NAN_LOGITS, NOTHING_TO_SAMPLE, Sampler, SamplerError
-from tir_kernels.sampling import NAN, NOTHING, POS_INF, sample_logits, sample_logits_numpy
+from tir_kernels.sampling import NAN, NOTHING, POS_INF, chunk_length, sample_logits, sample_logits_numpy
 
 
 @functools.lru_cache(maxsize=None)
@@ -158,7 +158,7 @@ def test_chunks_far_below_the_maximum_draw_as_the_twin():
     the draws equal the twin's, greedy, top-p, top-k and keep-all."""
     rng = np.random.default_rng(7)
     V = 65536
-    ch = V // 16
+    ch = chunk_length(V)  # the kernel's chunks
     for peak in (False, True):
         x = logits_like_a_model(rng, V)
         for c, drop in zip(range(3, 16, 3), (60, 90, 120, 200, 87)):
@@ -217,7 +217,7 @@ def test_keep_all_draws_through_every_chunk_as_the_sampler(temperature):
             for u in us]
     assert got == twin
     assert got == sorted(got) and got[0] == 0 and got[-1] == V - 3  # the last id not banned
-    assert len({g * 16 // V for g in got}) == 16  # every chunk drawn from
+    assert len({g // chunk_length(V) for g in got}) == 16  # every chunk drawn from
     compared = 0
     for u, g in zip(us, got):
         want, clear = reference(x, sampler, u)

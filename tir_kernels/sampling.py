@@ -75,6 +75,11 @@ POS_INF = -3  # a logit is +inf (temperature 0 takes it as the maximum instead)
 _BITS = 31  # bisection steps over non-negative fp32 bit patterns [0, 0x7F800000]
 
 
+def chunk_length(V: int) -> int:
+    """Tokens per parallel task (the last chunk may hold fewer): whole groups of GROUP vectors."""
+    return -(-V // (CHUNKS * GROUP * LANES)) * GROUP * LANES
+
+
 def _check_vocab(V: int) -> None:
     if not isinstance(V, int) or isinstance(V, bool) or V < 1:
         raise ValueError(f"V must be a positive Python int, got {V!r}")
@@ -88,7 +93,7 @@ def sample_logits(V: int, target: str = "cpu"):
     _check_vocab(V)
     if target != "cpu":
         raise ValueError(f"unknown sample_logits target {target!r}; choose 'cpu'")
-    ch = -(-V // (CHUNKS * GROUP * LANES)) * GROUP * LANES  # chunk length, whole groups
+    ch = chunk_length(V)
     blocks = ch // LANES  # vectors per chunk
     groups = blocks // GROUP
     padded = CHUNKS * ch
@@ -565,7 +570,7 @@ def _listless_draw(e: np.ndarray, kept: np.ndarray, temperature: np.float32, u: 
     per chunk (16 lanes, then the pairwise tree), the chunk whose running sum passes u * total,
     the token in it id by id."""
     V = e.size
-    ch = -(-V // (CHUNKS * GROUP * LANES)) * GROUP * LANES
+    ch = chunk_length(V)
     q = np.zeros(CHUNKS * ch, np.float32)
     with np.errstate(divide="ignore", under="ignore"):
         w = e if temperature == 1 else np.exp(np.log(e) / temperature).astype(np.float32)
