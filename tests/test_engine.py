@@ -489,6 +489,20 @@ def test_sample_rows_draws_each_row_as_its_sampler_would_alone(functional_model)
     rows = model.rows(raw, 4).copy()
     want = [s.sample(rows[i]) for i, s in enumerate(samplers(1))]
     assert model.sample_rows(raw, samplers(1)) == want
+    # the same samplers over several steps, accepting what they draw: their adjustment lists grow
+    # (or not, on a repeated token) and move in the kernel's tensors; a row dropped and taken back
+    in_numpy, in_kernel, tokens = samplers(2), samplers(2), [5] * 4
+    for step in range(5):
+        raw = model.advance_batch_raw(states, [[t] for t in tokens])
+        rows = model.rows(raw, 4).copy()
+        drawn_rows = [0, 2, 3] if step == 2 else [0, 1, 2, 3]
+        want = [in_numpy[i].sample(rows[i]) if i in drawn_rows else None for i in range(4)]
+        got = model.sample_rows(raw, [in_kernel[i] if i in drawn_rows else None for i in range(4)])
+        assert got == want, step
+        for i in drawn_rows:
+            in_numpy[i].accept(got[i])
+            in_kernel[i].accept(got[i])
+            tokens[i] = got[i]
 
 
 def test_a_model_run_from_another_thread_sizes_that_threads_pool(functional_model, monkeypatch):

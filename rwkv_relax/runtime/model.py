@@ -77,7 +77,8 @@ class CompiledModel:
         self._one_id_view = np.from_dlpack(self._one_id) if device == "cpu" else None
         self._kernel_args: tuple | None = None  # the sampling kernel's inputs: see _adjustments
         self._kernel_views: tuple = ()
-        self._adjusted = 0
+        # adjustment entries in use, and the (row, start, size) of each sampler's at the last draw
+        self._adjusted, self._layout = 0, None
         self._params_tensors: dict[int, object] = {}
         self._params_views: dict[int, np.ndarray] = {}
 
@@ -277,20 +278,24 @@ class CompiledModel:
                         out[i] = err
             return out
         kernel_rows = [i for i, s in enumerate(samplers) if s is not None]
-        drawn = [(i, *samplers[i].kernel_args()) for i in kernel_rows]
-        n = sum(ids.size for _, ids, _, _ in drawn)
+        n = sum(samplers[i].n_adjusted for i in kernel_rows)
         adj_row, adj_id, adj_sub = self._adjustments(n)
         params = self._params(len(samplers))
-        params[:] = (0.0, 1.0, 0.0, 0.0)  # rows not drawn: greedy, the cheapest
-        at = 0
-        for i, ids, sub, values in drawn:
-            adj_row[at:at + ids.size] = i
-            adj_id[at:at + ids.size] = ids
-            adj_sub[at:at + ids.size] = sub
-            params[i] = values
-            at += ids.size
-        adj_row[n:self._adjusted] = -1  # entries left from a longer list
-        self._adjusted = n
+        if len(kernel_rows) < len(samplers):
+            params[:] = (0.0, 1.0, 0.0, 0.0)  # rows not drawn: greedy, the cheapest
+        # each sampler writes its adjustments straight into the kernel's tensors; their rows are
+        # rewritten only where the layout moved (a generation's one sampler: when it sees a new
+        # token). Every numpy call here costs several us right after a decode step
+        layout, at = [], 0
+        for i in kernel_rows:
+            params[i] = samplers[i].write_kernel_args(adj_id[at:], adj_sub[at:])
+            layout.append((i, at, samplers[i].n_adjusted))
+            at += layout[-1][2]
+        if layout != self._layout:
+            for i, start, size in layout:
+                adj_row[start:start + size] = i
+            adj_row[n:self._adjusted] = -1  # entries left from a longer list
+            self._adjusted, self._layout = n, layout
         tokens = np.from_dlpack(self._fn("sample_logits")(logits, *self._kernel_args,
                                                           self._params_tensors[len(samplers)]))
         for i in kernel_rows:
@@ -308,7 +313,7 @@ class CompiledModel:
                                  tvm.runtime.tensor(np.zeros(size, np.int32), self.device),
                                  tvm.runtime.tensor(np.zeros(size, np.float32), self.device))
             self._kernel_views = tuple(np.from_dlpack(t) for t in self._kernel_args)
-            self._adjusted = 0
+            self._adjusted, self._layout = 0, None
         return self._kernel_views
 
     def _params(self, rows: int) -> np.ndarray:

@@ -103,6 +103,13 @@ class Sampler:
         # vector multiply decays them all (a dict loop costs ~0.1 us a token, every step)
         self._seen, self._counts, self._n_seen = np.empty(64, np.int64), np.empty(64), 0
         self._slot: dict[int, int] = {}
+        # the sampling kernel's adjustment ids, the bans then the seen tokens (int32, as its
+        # tensors), kept as tokens are seen, and the penalties' fp64 scratch: a token's
+        # write_kernel_args is a few array copies, no new arrays (each numpy call costs 3-10 us
+        # right after a decode step has pushed numpy's code and data out of the caches)
+        self._kernel_ids = np.empty(self.token_ban.size + 64, np.int32)
+        self._kernel_ids[:self.token_ban.size] = self.token_ban
+        self._penalty = np.empty(64)
         self._buffers: tuple[np.ndarray, ...] | None = None  # see _scratch
         self._arange: np.ndarray | None = None
 
@@ -168,14 +175,30 @@ class Sampler:
 
     def kernel_args(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
         """What a library's ``sample_logits`` kernel takes for one draw (``tir_kernels/sampling.py``):
-        the adjusted token ids, the amounts subtracted from their logits (a ban subtracts +inf),
-        and (temperature, top_p, top_k, u), ``u`` taken from ``rng`` as :meth:`sample` takes it."""
-        n = self._n_seen
-        ids = np.concatenate([self.token_ban, self._seen[:n]]) if self.token_ban.size else self._seen[:n]
-        sub = np.empty(ids.size, np.float32)
-        sub[:self.token_ban.size] = np.inf
-        sub[self.token_ban.size:] = self.presence_penalty + self._counts[:n] * self.frequency_penalty
-        return ids, sub, (self.temperature, self.top_p, self.top_k, self.rng.random())
+        the adjusted token ids (int32), the amounts subtracted from their logits (fp32; a ban
+        subtracts +inf), and (temperature, top_p, top_k, u), ``u`` taken from ``rng`` as
+        :meth:`sample` takes it."""
+        ids, sub = np.empty(self.n_adjusted, np.int32), np.empty(self.n_adjusted, np.float32)
+        return ids, sub, self.write_kernel_args(ids, sub)
+
+    @property
+    def n_adjusted(self) -> int:
+        """How many (id, amount) adjustments :meth:`kernel_args` gives: bans and seen tokens."""
+        return self.token_ban.size + self._n_seen
+
+    def write_kernel_args(self, ids: np.ndarray, sub: np.ndarray) -> tuple[float, float, float, float]:
+        """:meth:`kernel_args` written into ``ids`` (int32) and ``sub`` (fp32), at least
+        :attr:`n_adjusted` long (views of the kernel's tensors: ``CompiledModel.sample_rows``),
+        instead of new arrays; returns the parameters (temperature, top_p, top_k, u)."""
+        nb, n = self.token_ban.size, self._n_seen
+        ids[:nb + n] = self._kernel_ids[:nb + n]
+        if nb:
+            sub[:nb] = np.inf
+        if n:  # presence + count * frequency in fp64, as _adjust subtracts it, then to fp32
+            penalty = np.multiply(self._counts[:n], self.frequency_penalty, out=self._penalty[:n])
+            penalty += self.presence_penalty
+            sub[nb:nb + n] = penalty
+        return self.temperature, self.top_p, self.top_k, self.rng.random()
 
     def _support(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the token ids :meth:`probs` gives a probability > 0, increasing; those probabilities).
@@ -236,7 +259,10 @@ class Sampler:
             return
         if n == self._seen.size:
             self._seen, self._counts = np.resize(self._seen, 2 * n), np.resize(self._counts, 2 * n)
+            self._kernel_ids = np.resize(self._kernel_ids, self.token_ban.size + 2 * n)
+            self._penalty = np.resize(self._penalty, 2 * n)
         self._seen[n], self._counts[n], self._slot[token] = token, weight, n
+        self._kernel_ids[self.token_ban.size + n] = token
         self._n_seen = n + 1
 
     def is_stop_token(self, token: int) -> bool:
