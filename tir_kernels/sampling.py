@@ -141,6 +141,17 @@ def sample_logits(V: int, target: str = "cpu"):
         qacc[l] = qacc[l] + T.Cast(f64, q)
 
     @T.macro
+    def weight_vector(logits, r0, r1, at, sc, lo_bits, temp, qacc, powered):
+        """:func:`weight` on the vector at ``at``: whole, or the vocabulary's last, partial one."""
+        if at + LANES <= V:
+            for l in T.vectorized(T.int64(LANES)):
+                weight(logits, r0, r1, at, l, sc, lo_bits, temp, qacc, powered)
+        elif at < V:
+            for l in range(T.int64(LANES)):
+                if at + l < V:
+                    weight(logits, r0, r1, at, l, sc, lo_bits, temp, qacc, powered)
+
+    @T.macro
     def bisect(lb, le, n_vec, acc, lo, hi, enough):
         """Largest bit pattern t in [lo, hi) with enough(t) (monotone: true at lo, false at hi);
         acc[] holds, per lane, the count or the sum of the candidates with bits >= t."""
@@ -498,20 +509,9 @@ def sample_logits(V: int, target: str = "cpu"):
                         for i in range(T.int64(blocks)):
                             at3: T.let = c * ch + i * LANES
                             if temp == T.float32(1):
-                                if at3 + LANES <= V:
-                                    for l in T.vectorized(T.int64(LANES)):
-                                        weight(logits, r0, r1, at3, l, sc3, lo[0], temp, qacc, False)
-                                elif at3 < V:
-                                    for l in range(T.int64(LANES)):
-                                        if at3 + l < V:
-                                            weight(logits, r0, r1, at3, l, sc3, lo[0], temp, qacc, False)
-                            elif at3 + LANES <= V:
-                                for l in T.vectorized(T.int64(LANES)):
-                                    weight(logits, r0, r1, at3, l, sc3, lo[0], temp, qacc, True)
-                            elif at3 < V:
-                                for l in range(T.int64(LANES)):
-                                    if at3 + l < V:
-                                        weight(logits, r0, r1, at3, l, sc3, lo[0], temp, qacc, True)
+                                weight_vector(logits, r0, r1, at3, sc3, lo[0], temp, qacc, False)
+                            else:
+                                weight_vector(logits, r0, r1, at3, sc3, lo[0], temp, qacc, True)
                         hsum(qacc)
                         qsum[c] = qacc[0]
                     sd[2] = T.float64(0)
