@@ -116,6 +116,28 @@ def test_rows_are_sampled_independently_with_their_own_adjustments():
     np.testing.assert_array_equal(batch, sample_logits_numpy(logits, rows, ids, sub, params))
 
 
+def test_listless_rows_in_a_batch_are_drawn_as_alone():
+    """Flat rows in one call: full-vocabulary top-p, keep-all and top-k under a top-p the first rung
+    cannot reach, each with its own adjustments, draw what each draws alone and what the twin draws
+    (the per-row histogram, cutoff and chunk sums start afresh on every row)."""
+    rng = np.random.default_rng(3)
+    V = 20000
+    logits = np.stack([(rng.standard_normal(V) * 0.7).astype(np.float32) for _ in range(4)])
+    rows = np.array([0, 1, 3, 3], np.int32)
+    ids = np.array([5, 6, 7, 100], np.int32)
+    sub = np.array([np.inf, 1.0, 0.5, np.inf], np.float32)
+    params = np.array([[1.0, 0.9, 0, 0.3], [0.7, 1.0, 0, 0.6], [1.2, 0.95, 0, 0.1], [1.0, 0.8, 50, 0.9]],
+                      np.float32)
+    for _ in range(3):
+        batch = run_kernel(logits, rows, ids, sub, params)
+        for b in range(4):
+            mine = rows == b
+            alone = run_kernel(logits[b], np.zeros(mine.sum(), np.int32), ids[mine], sub[mine], params[b])[0]
+            assert batch[b] == alone
+        np.testing.assert_array_equal(batch, sample_logits_numpy(logits, rows, ids, sub, params))
+        params[:, 3] = rng.random(4)
+
+
 def test_bad_logits_give_the_numpy_samplers_errors():
     """Codes for what the numpy sampler raises, in its order of checks (one code table)."""
     assert KERNEL_ERRORS == {NOTHING: NOTHING_TO_SAMPLE, NAN: NAN_LOGITS, POS_INF: INF_LOGITS}
