@@ -73,7 +73,9 @@ class CompiledModel:
         self.initial_state: State | None = None if tuned is None else self.load_state(tuned, partial=True)
         self._fns: dict = {}
         # the single-token input, written through a numpy view (tvm.runtime.tensor() costs ~25 us)
-        self._one_id = tvm.runtime.empty((1,), "int32", self.device)
+        # (token 0 until the first write: embed gathers the row it names, and an uninitialised id
+        # read out of bounds)
+        self._one_id = tvm.runtime.tensor(np.zeros(1, np.int32), self.device)
         self._one_id_view = np.from_dlpack(self._one_id) if device == "cpu" else None
         self._kernel_args: tuple | None = None  # the sampling kernel's inputs: see _adjustments
         self._kernel_views: tuple = ()
