@@ -111,6 +111,10 @@ def sample_logits(V: int, target: str = "cpu"):
         return T.Select(tirx.any(T.fabs(x) <= big, T.fabs(x) == inf), T.float32(0), T.float32(1))
     hmax, hmin, hsum = _lane_tree(T.max), _lane_tree(T.min), _lane_tree(lambda a, b: a + b)
 
+    def bucket(bits):
+        """The full-vocabulary top-p bucket (int64) of an fp32 bit pattern."""
+        return tirx.Cast(i64, tirx.min(tirx.shift_right(bits, tirx.const(HSHIFT, i32)), tirx.const(NB - 1, i32)))
+
     @T.macro
     def look(logits, r0, r1, at, l, vec, fin, nan, pinf):
         """Lane l of the vector at ``at``: the maximum, what is finite / NaN, the first +inf id."""
@@ -192,7 +196,7 @@ def sample_logits(V: int, target: str = "cpu"):
         cinf = T.alloc_buffer((CHUNKS,), i32)  # the first +inf id (V: none)
         scale = T.alloc_buffer((CHUNKS,), f32)
         csum = T.alloc_buffer((CHUNKS,), f64)
-        qsum = T.alloc_buffer((CHUNKS,), f64)  # keep-all: each chunk's sum of q
+        qsum = T.alloc_buffer((CHUNKS,), f64)  # the listless draw: each chunk's sum of q
         # the candidates, in increasing id order, padded to whole vectors (bits -1: never counted)
         lid = T.alloc_buffer((capacity,), i32)
         le = T.alloc_buffer((capacity,), f32)
@@ -298,14 +302,14 @@ def sample_logits(V: int, target: str = "cpu"):
                     else:
                         scale[c] = T.float32(0)
                 # 3-5 on a rung: first the candidates e >= RUNG * S (at most 1 / RUNG of them); when
-                # they cannot decide (top-p reaches below them, top-k is longer, or every token is
-                # kept), e >= RUNG2 * S, then every token with e > 0
+                # they cannot decide (greedy, top-k longer than they are), e >= RUNG2 * S, then every
+                # token with e > 0; top-p without top-k and keep-all take the full vocabulary below
                 si[4] = T.int64(0)  # decided
                 temp: T.let = params[b, 0]
                 top_p: T.let = params[b, 1]
                 top_k: T.let = T.Cast(i64, params[b, 2])
                 k_on: T.let = top_k > T.int64(0) and top_k < V
-                # no filter: straight to the last rung
+                # no filter: the listless draw at once
                 keep_all: T.let = temp > T.float32(0) and top_p >= T.float32(1) and not k_on
                 # without top-k, a row that rung 1 cannot decide (a flat one under top-p) takes the
                 # full vocabulary: a cutoff from a histogram of e, then a listless draw (the lists
@@ -319,7 +323,7 @@ def sample_logits(V: int, target: str = "cpu"):
                         # the task that wrote it (its e is in that core's cache) into its own slice, then
                         # the slices are joined. Id = (group * GROUP + v) * LANES + l: the lanes whose
                         # group maximum reaches the threshold, then v outer, so ids come out in order
-                        last: T.let = attempt == 2 or keep_all
+                        last: T.let = attempt == 2
                         thr: T.let = T.Select(last, T.float32(TINY), T.Select(
                             attempt == 0, T.Cast(f32, sd[0] * T.float64(RUNG)), T.Cast(f32, sd[0] * T.float64(RUNG2))))
                         for c in T.parallel(T.int64(CHUNKS)):
@@ -446,8 +450,7 @@ def sample_logits(V: int, target: str = "cpu"):
                                     v4: T.let = logits[r0, r1, at4 + l] * scale[c]
                                     v5: T.let = T.Select(v4 >= T.float32(TINY), v4, T.float32(0))
                                     logits[r0, r1, at4 + l] = v5
-                                    hb: T.let = (l % SUBS) * NB + T.Cast(i64, T.min(
-                                        T.shift_right(T.reinterpret(i32, v5), T.int32(HSHIFT)), T.int32(NB - 1)))
+                                    hb: T.let = (l % SUBS) * NB + bucket(T.reinterpret(i32, v5))
                                     hist[c, hb] = hist[c, hb] + T.Cast(f64, v5)
                     for j in range(T.int64(NB // LANES)):
                         for l in T.vectorized(T.int64(LANES)):
@@ -474,8 +477,7 @@ def sample_logits(V: int, target: str = "cpu"):
                             for i in range(T.int64(ch)):
                                 if c * ch + i < V:
                                     bits4: T.let = T.reinterpret(i32, logits[r0, r1, c * ch + i])
-                                    if T.Cast(i64, T.min(T.shift_right(bits4, T.int32(HSHIFT)),
-                                                         T.int32(NB - 1))) == si[0]:
+                                    if bucket(bits4) == si[0]:
                                         lb[c * ch + nb[0]] = bits4
                                         le[c * ch + nb[0]] = logits[r0, r1, c * ch + i]
                                         nb[0] = nb[0] + T.int64(1)
@@ -560,9 +562,13 @@ def _full_top_p(e: np.ndarray, S: float, top_p: np.float32, temperature: np.floa
     target = np.float64(top_p) * S
     if e[ok].astype(np.float64).sum() < target:  # only by rounding: keep them all
         return _listless_draw(e, ok, temperature, u)
-    desc = np.sort(e[ok])[::-1]
-    cutoff = desc[np.searchsorted(np.cumsum(desc.astype(np.float64)), target)]
-    return _listless_draw(e, ok & (e >= cutoff), temperature, u)
+    return _listless_draw(e, ok & (e >= _top_p_cutoff(e[ok], target)), temperature, u)
+
+
+def _top_p_cutoff(values: np.ndarray, target: float) -> np.float32:
+    """The value at which the sorted cumulative sum (fp64) of ``values`` reaches ``target``."""
+    desc = np.sort(values)[::-1]
+    return desc[np.searchsorted(np.cumsum(desc.astype(np.float64)), target)]
 
 
 def _listless_draw(e: np.ndarray, kept: np.ndarray, temperature: np.float32, u: np.float32) -> int:
@@ -686,9 +692,7 @@ def _sample_row(x: np.ndarray, ids: np.ndarray, sub: np.ndarray, params) -> int:
                 if not last and not (k_on and top_k <= cand.size):  # top-k keeps its k here
                     continue
             else:
-                desc = np.sort(le)[::-1]
-                cutoff = desc[np.searchsorted(np.cumsum(desc.astype(np.float64)), target)]
-                keep &= le >= cutoff
+                keep &= le >= _top_p_cutoff(le, target)
         if k_on and top_k <= cand.size:
             kth = np.sort(le)[::-1][top_k - 1]
             ranked = le > kth
