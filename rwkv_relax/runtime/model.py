@@ -280,7 +280,8 @@ class CompiledModel:
                         out[i] = err
             return out
         kernel_rows = [i for i, s in enumerate(samplers) if s is not None]
-        n = sum(samplers[i].n_adjusted for i in kernel_rows)
+        sizes = [samplers[i].n_adjusted for i in kernel_rows]
+        n = sum(sizes)
         adj_row, adj_id, adj_sub = self._adjustments(n)
         params = self._params(len(samplers))
         if len(kernel_rows) < len(samplers):
@@ -289,10 +290,10 @@ class CompiledModel:
         # rewritten only where the layout moved (a generation's one sampler: when it sees a new
         # token). Every numpy call here costs several us right after a decode step
         layout, at = [], 0
-        for i in kernel_rows:
+        for i, size in zip(kernel_rows, sizes):
             params[i] = samplers[i].write_kernel_args(adj_id[at:], adj_sub[at:])
-            layout.append((i, at, samplers[i].n_adjusted))
-            at += layout[-1][2]
+            layout.append((i, at, size))
+            at += size
         if layout != self._layout:
             for i, start, size in layout:
                 adj_row[start:start + size] = i

@@ -100,16 +100,15 @@ class Sampler:
         self.uncounted_ids = frozenset(uncounted_ids)
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         # ChatRWKV's `occurrence` (token -> decayed count) as arrays, in order of first sight: one
-        # vector multiply decays them all (a dict loop costs ~0.1 us a token, every step)
-        self._seen, self._counts, self._n_seen = np.empty(64, np.int64), np.empty(64), 0
-        self._slot: dict[int, int] = {}
-        # the sampling kernel's adjustment ids, the bans then the seen tokens (int32, as its
-        # tensors), kept as tokens are seen, and the penalties' fp64 scratch: a token's
+        # vector multiply decays them all (a dict loop costs ~0.1 us a token, every step). The
+        # tokens sit after the bans in _ids, the sampling kernel's adjustment ids as its int32
+        # tensors take them, and the penalties go through one fp64 scratch: a token's
         # write_kernel_args is a few array copies, no new arrays (each numpy call costs 3-10 us
         # right after a decode step has pushed numpy's code and data out of the caches)
-        self._kernel_ids = np.empty(self.token_ban.size + 64, np.int32)
-        self._kernel_ids[:self.token_ban.size] = self.token_ban
-        self._penalty = np.empty(64)
+        self._ids = np.empty(self.token_ban.size + 64, np.int32)
+        self._ids[:self.token_ban.size] = self.token_ban
+        self._counts, self._penalty, self._n_seen = np.empty(64), np.empty(64), 0
+        self._slot: dict[int, int] = {}
         self._buffers: tuple[np.ndarray, ...] | None = None  # see _scratch
         self._arange: np.ndarray | None = None
 
@@ -129,8 +128,18 @@ class Sampler:
     @property
     def occurrence(self) -> dict[int, float]:
         """Token -> decayed count (ChatRWKV's ``occurrence``), a copy."""
+        return dict(zip(self._seen().tolist(), self._counts[:self._n_seen].tolist()))
+
+    def _seen(self) -> np.ndarray:
+        """The tokens seen, in order of first sight (a view)."""
+        return self._ids[self.token_ban.size:self.token_ban.size + self._n_seen]
+
+    def _penalties(self) -> np.ndarray:
+        """presence + count * frequency per seen token, fp64 (a view of the scratch)."""
         n = self._n_seen
-        return dict(zip(self._seen[:n].tolist(), self._counts[:n].tolist()))
+        penalty = np.multiply(self._counts[:n], self.frequency_penalty, out=self._penalty[:n])
+        penalty += self.presence_penalty
+        return penalty
 
     # ---- one step --------------------------------------------------------------------------
     def adjust(self, logits: np.ndarray) -> np.ndarray:
@@ -142,8 +151,7 @@ class Sampler:
         if ban.size:
             out[ban if ban[-1] < out.size else ban[ban < out.size]] = -np.inf
         if self._n_seen:
-            n = self._n_seen
-            out[self._seen[:n]] -= self.presence_penalty + self._counts[:n] * self.frequency_penalty
+            out[self._seen()] -= self._penalties()
         return out
 
     def _scratch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,13 +199,11 @@ class Sampler:
         :attr:`n_adjusted` long (views of the kernel's tensors: ``CompiledModel.sample_rows``),
         instead of new arrays; returns the parameters (temperature, top_p, top_k, u)."""
         nb, n = self.token_ban.size, self._n_seen
-        ids[:nb + n] = self._kernel_ids[:nb + n]
+        ids[:nb + n] = self._ids[:nb + n]
         if nb:
             sub[:nb] = np.inf
-        if n:  # presence + count * frequency in fp64, as _adjust subtracts it, then to fp32
-            penalty = np.multiply(self._counts[:n], self.frequency_penalty, out=self._penalty[:n])
-            penalty += self.presence_penalty
-            sub[nb:nb + n] = penalty
+        if n:  # the fp64 amounts _adjust subtracts, to fp32
+            sub[nb:nb + n] = self._penalties()
         return self.temperature, self.top_p, self.top_k, self.rng.random()
 
     def _support(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -257,12 +263,10 @@ class Sampler:
         if slot is not None:
             self._counts[slot] += weight
             return
-        if n == self._seen.size:
-            self._seen, self._counts = np.resize(self._seen, 2 * n), np.resize(self._counts, 2 * n)
-            self._kernel_ids = np.resize(self._kernel_ids, self.token_ban.size + 2 * n)
-            self._penalty = np.resize(self._penalty, 2 * n)
-        self._seen[n], self._counts[n], self._slot[token] = token, weight, n
-        self._kernel_ids[self.token_ban.size + n] = token
+        if n == self._counts.size:
+            self._counts, self._penalty = np.resize(self._counts, 2 * n), np.resize(self._penalty, 2 * n)
+            self._ids = np.resize(self._ids, self.token_ban.size + 2 * n)
+        self._ids[self.token_ban.size + n], self._counts[n], self._slot[token] = token, weight, n
         self._n_seen = n + 1
 
     def is_stop_token(self, token: int) -> bool:
