@@ -262,7 +262,7 @@ def test_a_kernel_is_parsed_once_however_many_layers_use_it(monkeypatch):
         monkeypatch.setitem(tir_kernels.FACTORIES, name, counted)
     kernels = {}
     for n_layer in (1, 3):
-        monkeypatch.setattr(tir_kernels, "_KERNELS", {})
+        monkeypatch.setattr(tir_kernels, "_FORMS", {})
         parsed.clear()
         cfg = spec.config_cls.from_dict({"n_layer": n_layer, "n_embd": 128, "vocab_size": 512, "head_size": 64})
         mod, _ = export(ModelSource(spec, cfg), "q4f16_1")

@@ -35,29 +35,28 @@ FEATURE_FORMS = {"avx2": ("q_gemv",)}
 TAG_ATTRS = ("rwkv_kernel", "rwkv_kernel_args", "global_symbol")
 
 
-# (name, args as JSON) -> tagged PrimFunc. A factory parses TVMScript (~0.3-0.5 s for a GEMV):
-# without the cache a 24-layer model parsed the same GEMV once per layer, 111 s of a 1.5B q4f16_1
-# export. PrimFuncs are immutable, so one object serves every call. _FORMS: the same for retarget.
-_KERNELS: dict[tuple[str, str], tirx.PrimFunc] = {}
+# (name, args as JSON, form) -> the factory's PrimFunc. A factory parses TVMScript (~0.3-0.5 s for
+# a GEMV): without the cache a 24-layer model parsed the same GEMV once per layer, 111 s of a 1.5B
+# q4f16_1 export. PrimFuncs are immutable, so one object serves every call (kernel() and retarget()).
 _FORMS: dict[tuple[str, str, str], tirx.PrimFunc] = {}
+
+
+def _form(name: str, args: str, form: str) -> tirx.PrimFunc:
+    if (name, args, form) not in _FORMS:
+        _FORMS[name, args, form] = FACTORIES[name](*json.loads(args), target=form)
+    return _FORMS[name, args, form]
 
 
 def kernel(name: str, *args: int | str | list[int]) -> tirx.PrimFunc:
     """The default (CPU) form of kernel ``name``, tagged so that a pipeline can re-target it.
     ``args`` are the factory's static arguments (sizes, dtypes)."""
-    key = (name, json.dumps(list(args)))
-    if key not in _KERNELS:
-        func = FACTORIES[name](*args, target="cpu")
-        _KERNELS[key] = func.with_attr("rwkv_kernel", name).with_attr("rwkv_kernel_args", key[1])
-    return _KERNELS[key]
+    args_json = json.dumps(list(args))
+    return _form(name, args_json, "cpu").with_attr("rwkv_kernel", name).with_attr("rwkv_kernel_args", args_json)
 
 
 def retarget(func: tirx.PrimFunc, form: str) -> tirx.PrimFunc:
     """The ``form`` ("cpu" / "gpu") of a tagged kernel, with the tag and symbol carried over."""
-    name, args = str(func.attrs["rwkv_kernel"]), str(func.attrs["rwkv_kernel_args"])
-    if (name, args, form) not in _FORMS:
-        _FORMS[name, args, form] = FACTORIES[name](*json.loads(args), target=form)
-    new = _FORMS[name, args, form]
+    new = _form(str(func.attrs["rwkv_kernel"]), str(func.attrs["rwkv_kernel_args"]), form)
     for key in TAG_ATTRS:
         if key in func.attrs:
             new = new.with_attr(key, func.attrs[key])
