@@ -314,8 +314,9 @@ def _check_rows_against_float64(sch, dtype: str, K: int, N: int, rng):
 def test_prefill_copies_w_once_per_task_packed_and_sums_lanes_by_halving(dtype, K, rng):
     """Float x and W, symbolic T: fp16 x is widened in its padded copy and (from K = 256) W is
     copied once per task into an fp32 block packed by register tile, so the FMA loop reads fp32
-    only (no conversion per load); the lane sums are halving steps, vectorised. Numerics for
-    T = 1, 5, 17 against float64 sums of the same values."""
+    only (no conversion per load); each output's lane sum reads its accumulator whole and halves
+    it by vector shuffles (lanes j + j + half, down to one). Numerics for T = 1, 5, 17 against
+    float64 sums of the same values."""
     N = 96
     sch = _nt_matmul(dtype, K, N)
     update = sch.get(sch.get_sblock("NT_matmul_rf_update"))
@@ -329,8 +330,11 @@ def test_prefill_copies_w_once_per_task_packed_and_sums_lanes_by_halving(dtype, 
         w_copy = next(rd.source for rd in update.reads if rd.source.name == "w_global")
         assert len(w_copy.shape) == 4 and int(w_copy.shape[-1]) == simd_lanes(TARGET)
     lanes = simd_lanes(TARGET)
-    for half in (lanes // 2, lanes // 4, 2):
-        assert re.search(rf"T\.vectorized\((T\.int64\()?{half}\)", script), half
+    assert re.search(rf"T\.Ramp\((T\.int64\()?0\)?, (T\.int64\()?1\)?, {lanes}\)", script)  # read whole
+    half = lanes // 2
+    while half:  # the upper half of each step: [half, ..., 2 * half - 1]
+        assert f"[{', '.join(map(str, range(half, 2 * half)))}])" in script, half
+        half //= 2
     _check_rows_against_float64(sch, dtype, K, N, rng)
 
 

@@ -77,7 +77,7 @@ def bench(K: int, N: int, M: int, target, min_seconds: float, warm: bool, slow: 
     x = rng.standard_normal((M, K)).astype(dtype)
     ws = [(rng.standard_normal((N, K)) / np.sqrt(K)).astype(dtype) for _ in range(copies)]
     args = [tvm.runtime.tensor(x)] + [tvm.runtime.tensor(w) for w in ws]
-    mod, _ = Linears(K, N, copies, dtype).export_tvm({"forward": {"x": spec.Tensor((M, K), dtype)}})
+    mod, _ = Linears(K, N, copies, dtype).export_tvm({"forward": {"x": spec.Tensor(("m" if M > 1 else 1, K), dtype)}})
     row = {"K": K, "N": N, "M": M, "copies": copies, "size": size}
     for name, pipeline in pipelines(target).items():
         if name != "new" and not slow and 2 * M * N * K > SLOW_FLOP:

@@ -7,8 +7,8 @@ rule below keeps the layout and instead
 
 * vectorises over k: ``k = ko * V + ki`` and ``rfactor(ki)``, so each output gets a V-lane fp32
   accumulator (one SIMD register) updated by FMAs on contiguous x and W loads; for tiles of
-  several rows the lanes are then summed by halving (16 -> 8 -> 4 -> 2 -> 1, a vector add per
-  step; the lane-by-lane sum it replaced gathered strided lanes: whole prefills +3-5%);
+  several rows the lanes are then summed by halving (16 -> 8 -> 4 -> 2 -> 1), the register read
+  whole and halved by shuffles, an extract and an add per step (``_with_shuffled_lane_sums``);
 * tiles ``rows x cols`` outputs per register block (decode M = 1: 1 x 8 weight rows sharing each
   x load; prefill: 4 x 3 on AVX2, 4 x 6 on AVX-512, so every load feeds several FMAs) and keeps
   the accumulators in a ``local`` buffer that LLVM promotes to registers;
@@ -341,7 +341,6 @@ class NTMatmulCPU(dl.ScheduleRule):
         ko, ki = sch.split(loops[pattern.k_iter], [None, tile.lanes])
         out_ndim = len(sch.get(main_rv).writes[0].region)
         rf = sch.rfactor(ki, factor_axis=out_ndim)  # accumulators (..m.., n, lane): lanes contiguous
-        tree = _halving_lane_sums(sch, main_rv, tile.lanes, out_ndim) if row_iter is not None else []
         *outer, col, ko, ki = sch.get_loops(rf)
         row = outer.pop() if row_iter is not None else None
         col_tiles = n // tile.cols
@@ -379,19 +378,9 @@ class NTMatmulCPU(dl.ScheduleRule):
         sch.unroll(col_i)
         sch.vectorize(ki)
         sch.set_scope(rf, 0, "local")
-        # lane sums, the padded-output writeback and the epilogue run per task, on hot outputs
-        for blk in tree:
-            sch.reverse_compute_at(blk, col_oi)
-            # (lane, half, row, col) under col_oi; a one-row tile's unit row loop is gone
-            loops = sch.get_loops(blk)
-            depth = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(col_oi)))
-            lo, hi, *rc = loops[depth + 1:]
-            sch.reorder(*rc, hi, lo)
-            for loop in (*rc, hi):
-                sch.unroll(loop)
-            sch.vectorize(lo)
-            sch.set_scope(blk, 0, "local")
+        # the lane sums, the padded-output writeback and the epilogue run per task, on hot outputs
         sch.reverse_compute_at(main_rv, col_oi)
+        lane_loop = _shuffled_lane_sum_loop(sch, main_rv, col_oi) if row_iter is not None else None
         # a GEMM's epilogue runs per task, over rows x (per_task * cols) outputs; a GEMV's per tile
         if row is not None:
             _epilogue_at(sch, tail, par, tile.lanes)
@@ -400,6 +389,8 @@ class NTMatmulCPU(dl.ScheduleRule):
         sch.decompose_reduction(rf, ko)
         if prefetch is not None:
             return _with_prefetch(sch, *prefetch, tile)
+        if lane_loop is not None:
+            sch = _with_shuffled_lane_sums(sch, lane_loop, tile.lanes)
         return _without_round_trips(sch, widened) if widened else sch
 
     @staticmethod
@@ -454,18 +445,75 @@ def _branch(cond, then_func: tirx.PrimFunc, else_func: tirx.PrimFunc) -> s_tir.S
     return s_tir.Schedule(tirx.transform.ConvertSSA()(tvm.IRModule({"main": func}))["main"])
 
 
-def _halving_lane_sums(sch: s_tir.Schedule, main_rv, lanes: int, out_ndim: int) -> list:
-    """Split the lane sum ``out = sum(acc[.., 0:lanes])`` into halving steps, each an rfactor
-    block ``acc'[.., j] = acc[.., j] + acc[.., j + half]`` (returned, first step first; the caller
-    vectorises them over j)."""
-    blocks = []
-    while lanes > 2:
-        half = lanes // 2
-        lane = sch.get_loops(main_rv)[-1]
-        _, lo = sch.split(lane, [2, half])
-        blocks.append(sch.rfactor(lo, factor_axis=out_ndim))
-        lanes = half
-    return blocks
+def _shuffled_lane_sum_loop(sch: s_tir.Schedule, main_rv, tile_loop):
+    """Prepare the lane sum ``out = sum(acc[.., 0:lanes])`` (the rfactor's main block, computed at
+    ``tile_loop``) for :func:`_with_shuffled_lane_sums`: its init split off, its lane loop innermost
+    and the tile's row / column loops unrolled. Returns the lane loop's variable."""
+    loops = sch.get_loops(main_rv)
+    depth = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(tile_loop)))
+    inner = loops[depth + 1:]
+    realize = _realize_of(sch.mod["main"].body, sch.get(main_rv).name_hint)
+    lane_var = next(v for iv, v in zip(realize.block.iter_vars, realize.iter_values)
+                    if iv.iter_type == tirx.IterVar.CommReduce)
+    lane = next(lp for lp in inner if sch.get(lp).loop_var.same_as(lane_var))
+    others = [lp for lp in inner if not sch.get(lp).same_as(sch.get(lane))]
+    sch.reorder(*others, lane)
+    sch.decompose_reduction(main_rv, lane)
+    for loop in others:
+        sch.unroll(loop)
+    return sch.get(lane).loop_var
+
+
+def _with_shuffled_lane_sums(sch: s_tir.Schedule, lane_var, lanes: int) -> s_tir.Schedule:
+    """Each tile output's lane sum as one vector expression: the accumulator read whole, then
+    halved (lanes j and j + half added: 16 -> 8 -> 4 -> 2 -> 1) by vector shuffles, which LLVM
+    emits as an extract and an add per step on the register. Scheduled as TIR blocks, the halving
+    steps went through memory, and LLVM forwarded those stores into lane-by-lane extracts and
+    inserts: ~20 instructions an output, a third of a 4 x 6 tile's instructions at K = 768 (RWKV-7
+    0.1B q0f16 prefill: the FFN key GEMM 163 -> 153 ms, the 768 x 768 ones -10%, same run). The
+    same additions in the same order, so the forms that share this schedule stay bit-identical."""
+
+    def fold(loop):
+        realize = loop.body
+        block = realize.block
+        at = next(i for i, v in enumerate(realize.iter_values) if v.same_as(loop.loop_var))
+        lane = block.iter_vars[at].var
+        store = block.body  # out[..] = out[..] + acc[.., lane]
+        acc = store.value.b
+        if not (isinstance(store.value, tirx.Add) and isinstance(acc, TensorLoad) and acc.indices[-1].same_as(lane)):
+            raise ValueError(f"unexpected lane sum {store}")
+        ity = str(block.iter_vars[at].dom.extent.ty)
+        whole = tirx.Ramp(tirx.IntImm(ity, 0), tirx.IntImm(ity, 1), lanes)
+        value = tirx.BufferLoad(acc.source, [*acc.indices[:-1], whole])
+        n = lanes
+        while n > 1:
+            half = n // 2
+            value = (tirx.Shuffle([value], [tirx.IntImm("int32", j) for j in range(half)])
+                     + tirx.Shuffle([value], [tirx.IntImm("int32", j) for j in range(half, n)]))
+            n = half
+        reads = [tirx.BufferRegion(r.source, [*r.region[:-1], tvm.ir.Range.from_min_extent(
+            tirx.IntImm(ity, 0), tirx.IntImm(ity, lanes))]) if r.source.same_as(acc.source) else r
+            for r in block.reads]
+        keep = [i for i in range(len(block.iter_vars)) if i != at]
+        folded = s_tir.SBlock([block.iter_vars[i] for i in keep], reads, block.writes, block.name_hint,
+                              tirx.BufferStore(store.buffer, store.value.a + value, store.indices), None,
+                              block.alloc_buffers, block.match_buffers, block.annotations)
+        return s_tir.SBlockRealize([realize.iter_values[i] for i in keep], realize.predicate, folded)
+
+    func = sch.mod["main"]
+    return s_tir.Schedule(func.with_body(_rewrite(func.body, on_for=lambda loop: (
+        fold(loop) if loop.loop_var.same_as(lane_var) else None))))
+
+
+def _realize_of(stmt, name: str):
+    """The SBlockRealize of the block called ``name`` under ``stmt`` (None if there is none)."""
+    if isinstance(stmt, s_tir.SBlockRealize):
+        return stmt if stmt.block.name_hint == name else _realize_of(stmt.block.body, name)
+    if isinstance(stmt, tirx.For):
+        return _realize_of(stmt.body, name)
+    if isinstance(stmt, tirx.SeqStmt):
+        return next((r for r in (_realize_of(x, name) for x in stmt.seq) if r is not None), None)
+    return None
 
 
 # A one-row GEMV reads each weight once, straight from DRAM, ``cols`` rows at a time. The hardware
@@ -530,25 +578,28 @@ def _at_top_of_loop(stmt, loop_var, make):
                                                       if loop.loop_var.same_as(loop_var) else body))
 
 
-def _rewrite(stmt, on_loop=None, on_block=None):
-    """``stmt`` with every loop body passed through ``on_loop(loop, body)`` and every block through
-    ``on_block(block)`` (this TVM exposes no Python IR mutator; only the nodes on the way to a
-    change are rebuilt)."""
+def _rewrite(stmt, on_loop=None, on_block=None, on_for=None):
+    """``stmt`` with every loop body passed through ``on_loop(loop, body)``, every block through
+    ``on_block(block)``, and every loop for which ``on_for(loop)`` returns a statement replaced by
+    it (this TVM exposes no Python IR mutator; only the nodes on the way to a change are rebuilt)."""
     if isinstance(stmt, tirx.For):
-        body = _rewrite(stmt.body, on_loop, on_block)
+        new = on_for(stmt) if on_for else None
+        if new is not None:
+            return new
+        body = _rewrite(stmt.body, on_loop, on_block, on_for)
         body = on_loop(stmt, body) if on_loop else body
         if body.same_as(stmt.body):
             return stmt
         return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
                         stmt.annotations, stmt.step)
     if isinstance(stmt, tirx.SeqStmt):
-        seq = [_rewrite(s, on_loop, on_block) for s in stmt.seq]
+        seq = [_rewrite(s, on_loop, on_block, on_for) for s in stmt.seq]
         return stmt if all(a.same_as(b) for a, b in zip(seq, stmt.seq)) else tirx.SeqStmt(seq)
     if isinstance(stmt, s_tir.SBlockRealize):
-        block = _rewrite(stmt.block, on_loop, on_block)
+        block = _rewrite(stmt.block, on_loop, on_block, on_for)
         return stmt if block.same_as(stmt.block) else s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, block)
     if isinstance(stmt, s_tir.SBlock):
-        body = _rewrite(stmt.body, on_loop, on_block)
+        body = _rewrite(stmt.body, on_loop, on_block, on_for)
         if not body.same_as(stmt.body):
             stmt = s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
                                 stmt.alloc_buffers, stmt.match_buffers, stmt.annotations)
