@@ -54,8 +54,13 @@ def convert(pth: Path, work: Path, python: str, converter: str, types: list[str]
     out = {}
     for outtype in types:
         gguf = work / f"model-{outtype}.gguf"
-        subprocess.run([python, converter, str(hf), "--outtype", outtype, "--outfile", str(gguf)],
-                       check=True, capture_output=True)
+        done = subprocess.run([python, converter, str(hf), "--outtype", outtype, "--outfile", str(gguf)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise SystemExit(f"llama.cpp's converter failed under {python}: {last}; install its requirements "
+                             f"there (pip install -r vendor/llama.cpp/requirements/"
+                             f"requirements-convert_hf_to_gguf.txt, torch included)")
         out[outtype] = gguf
     return out
 
