@@ -318,3 +318,42 @@ def test_vectorised_ln_is_within_a_few_ulp():
     want = np.log(x.astype(np.float64))
     ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
     assert np.max(np.abs(y.numpy() - want) / np.maximum(ulp, 1e-12)) <= 4
+
+
+def test_greedy_is_the_exact_argmax_of_the_adjusted_logits():
+    """Temperature 0 takes numpy's argmax of the adjusted fp32 logits, found without weights:
+    equal maxima in different chunks give the lower id; maxima one ulp apart near 0 (where
+    exp(x - m) would round both to 1) give the larger; a penalty moves the maximum; a flat row
+    (no token with 1/4096 of the mass), a partial last vector and a batch of such rows agree."""
+    V = 65536 - 3
+    ch = chunk_length(V)
+    rng = np.random.default_rng(5)
+    rows = []
+    x = rng.standard_normal(V).astype(np.float32)
+    x[[5 * ch + 7, 11 * ch + 2]] = 9.0  # a tie across chunks
+    rows.append(x)
+    x = np.zeros(V, np.float32)
+    x[100], x[9 * ch + 1] = np.float32(1e-8), np.nextafter(np.float32(1e-8), np.float32(1))
+    rows.append(x)
+    rows.append(np.zeros(V, np.float32))  # flat: the first id
+    x = rng.standard_normal(V).astype(np.float32)
+    x[V - 1] = 50.0  # in the partial last vector
+    rows.append(x)
+    x = rng.standard_normal(V).astype(np.float32)
+    x[[300, 7 * ch]] = (8.0, 7.5)
+    rows.append(x)  # penalised below: row 4's adjustment takes 1.0 off id 300
+    adj_row, adj_id, adj_sub = [4], [300], [1.0]
+    params = np.array([[0.0, 0.3, 0, 0.5]] * len(rows), np.float32)
+    got = run_kernel(np.stack(rows), adj_row, adj_id, adj_sub, params)
+    want = []
+    for b, row in enumerate(rows):
+        z = row.copy()
+        for r, i, s in zip(adj_row, adj_id, adj_sub):
+            if r == b:
+                z[i] = np.float32(z[i] - np.float32(s))
+        want.append(int(np.argmax(z)))
+    assert want == [5 * ch + 7, 9 * ch + 1, 0, V - 1, 7 * ch]
+    assert got.tolist() == want
+    assert sample_logits_numpy(np.stack(rows), adj_row, adj_id, adj_sub, params).tolist() == want
+    plain = Sampler(temperature=0, presence_penalty=0, frequency_penalty=0)  # the runtime's numpy sampler
+    assert [plain.sample(row) for row in rows[:4]] == want[:4]

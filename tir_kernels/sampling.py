@@ -33,7 +33,7 @@ Per row b of ``logits`` (B = D0 * D1 rows of V), with ``params[b] = (temperature
      bucket where the mass from the top reaches top_p * S; the bisection over that bucket's
      values alone; then the listless draw below (~0.24 ms at V = 65536 for top-p 0.85-0.95 where
      the lists of rungs 2 and 3 took 1.2-1.5 ms);
-   - otherwise (greedy, k larger than their number): steps 2-3 run again on ``e >= RUNG2 * S``
+   - otherwise (k larger than their number): steps 2-3 run again on ``e >= RUNG2 * S``
      (the numpy sampler's second rung), then on every token with e > 0.
    Keep-all (top_p >= 1 without top-k, T > 0: no filter, OpenAI's default) builds no candidate
    list either. The listless draw: q (step 4) in place for every kept token (e >= TINY and at
@@ -42,14 +42,17 @@ Per row b of ``logits`` (B = D0 * D1 rows of V), with ``params[b] = (temperature
    V = 65536; through the last rung's list it took 0.45 ms).
 4. Weights q = e^(1 / T) = exp((x - m) / T) over the kept tokens (fp32 in whole vectors through
    ``ln_f32_vec``; the maximum is always kept), summed in fp64; the token is the first kept id
-   whose running sum of q exceeds ``u * sum q`` (``searchsorted(..., "right")``). Temperature 0
-   is the first id holding the maximum.
+   whose running sum of q exceeds ``u * sum q`` (``searchsorted(..., "right")``).
+
+Temperature 0 (greedy) is numpy's argmax of the adjusted logits, exactly: step 1 takes each
+chunk's maximum and the first id holding it, and computes no e at all (an argmax through the rungs
+cost the full exp pass, and on a flat row a second candidate list).
 
 The result is the token id, or what the numpy sampler raises for, in its order of checks:
 ``NOTHING`` (every token banned or not finite), ``NAN``, ``POS_INF`` (temperature 0 returns the
 first +inf instead, as numpy's argmax does). The draw is the numpy sampler's up to rounding: fp32
-exp and sums against its float64 ones can move a token sitting exactly on the cutoff, a ``u`` on
-a boundary of the cumulative sum, or (temperature 0) two logits within an fp32 rounding of the max.
+exp and sums against its float64 ones can move a token sitting exactly on the cutoff, or a ``u`` on
+a boundary of the cumulative sum.
 """
 from __future__ import annotations
 
@@ -125,6 +128,11 @@ def sample_logits(V: int, target: str = "cpu"):
         pinf[l] = T.min(pinf[l], T.Select(x == inf, T.Cast("int32", at + l), T.int32(V)))
 
     @T.macro
+    def first(logits, r0, r1, at, l, mc, ids):
+        """Lane l: the lowest id whose value is the chunk maximum ``mc``."""
+        ids[l] = T.min(ids[l], T.Select(logits[r0, r1, at + l] == mc, T.Cast("int32", at + l), T.int32(V)))
+
+    @T.macro
     def weigh(logits, r0, r1, at, l, mc, part, vec):
         """Lane l: e = exp(x - m_c) in place, into the lane's sum and maximum."""
         ev: T.let = exp_f32_vec(logits[r0, r1, at + l] - mc)
@@ -194,6 +202,7 @@ def sample_logits(V: int, target: str = "cpu"):
         cmax = T.alloc_buffer((CHUNKS,), f32)
         cflag = T.alloc_buffer((CHUNKS, 2), f32)  # some value finite, some NaN
         cinf = T.alloc_buffer((CHUNKS,), i32)  # the first +inf id (V: none)
+        cfirst = T.alloc_buffer((CHUNKS,), i32)  # greedy: the first id holding the chunk's maximum
         scale = T.alloc_buffer((CHUNKS,), f32)
         csum = T.alloc_buffer((CHUNKS,), f64)
         qsum = T.alloc_buffer((CHUNKS,), f64)  # the listless draw: each chunk's sum of q
@@ -251,12 +260,27 @@ def sample_logits(V: int, target: str = "cpu"):
                 cflag[c, 1] = nan[0]
                 cinf[c] = pinf[0]
                 mc: T.let = vec[0]
+                greedy: T.let = params[b, 0] <= T.float32(0)
+                if greedy:  # argmax needs no weights: the chunk's first id holding mc, then stop
+                    for l in T.vectorized(T.int64(LANES)):
+                        pinf[l] = T.int32(V)
+                    for i in range(T.int64(blocks)):
+                        at3: T.let = c * ch + i * LANES
+                        if at3 + LANES <= V:
+                            for l in T.vectorized(T.int64(LANES)):
+                                first(logits, r0, r1, at3, l, mc, pinf)
+                        elif at3 < V:
+                            for l in range(T.int64(LANES)):
+                                if at3 + l < V:
+                                    first(logits, r0, r1, at3, l, mc, pinf)
+                    hmin(pinf)
+                    cfirst[c] = pinf[0]
                 for l in T.vectorized(T.int64(LANES)):
                     part[l] = T.float32(0)
                 for g in range(T.int64(groups)):
                     for l in T.vectorized(T.int64(LANES)):
                         vec[l] = T.float32(0)
-                    if T.fabs(mc) <= big:  # else the chunk has nothing finite to weigh (or will fail)
+                    if T.fabs(mc) <= big and not greedy:  # else nothing finite to weigh (or will fail)
                         for v in range(T.int64(GROUP)):
                             at2: T.let = c * ch + (g * GROUP + v) * LANES
                             if at2 + LANES <= V:
@@ -302,7 +326,7 @@ def sample_logits(V: int, target: str = "cpu"):
                     else:
                         scale[c] = T.float32(0)
                 # 3-5 on a rung: first the candidates e >= RUNG * S (at most 1 / RUNG of them); when
-                # they cannot decide (greedy, top-k longer than they are), e >= RUNG2 * S, then every
+                # they cannot decide (top-k longer than they are), e >= RUNG2 * S, then every
                 # token with e > 0; top-p without top-k and keep-all take the full vocabulary below
                 si[4] = T.int64(0)  # decided
                 temp: T.let = params[b, 0]
@@ -316,6 +340,14 @@ def sample_logits(V: int, target: str = "cpu"):
                 # of rungs 2 and 3 cost 1.2-1.5 ms at 65536)
                 full: T.let = temp > T.float32(0) and not k_on
                 si[6] = T.Select(keep_all, T.int64(1), T.int64(0))
+                if temp <= T.float32(0):
+                    # greedy: the first id holding the maximum m, from phase 1's per-chunk firsts
+                    si[1] = T.int64(V)
+                    for c in range(T.int64(CHUNKS)):
+                        if si[1] == T.int64(V) and cmax[c] == m:
+                            si[1] = T.Cast(i64, cfirst[c])
+                    out[b] = T.Cast(i32, si[1])
+                    si[4] = T.int64(1)
                 lo[0] = T.int32(0)
                 for attempt in range(3):
                     if si[4] == T.int64(0) and si[6] == T.int64(0) and (attempt == 0 or not full):
@@ -356,14 +388,6 @@ def sample_logits(V: int, target: str = "cpu"):
                         k_use: T.let = k_on and top_k <= n_cand
                         if not last and (n_cand == T.int64(0) or (k_on and top_k > n_cand)):
                             si[4] = T.int64(0)  # the next rung
-                        elif temp <= T.float32(0):
-                            # greedy: the first id holding the maximum (a candidate, if there are any)
-                            si[1] = T.int64(0)
-                            for k in range(n_cand):
-                                if le[k] > le[si[1]]:
-                                    si[1] = k
-                            out[b] = lid[si[1]]
-                            si[4] = T.int64(1)
                         else:
                             for k in range(n_cand, n_vec * LANES):
                                 le[k] = T.float32(0)
@@ -667,6 +691,8 @@ def _sample_row(x: np.ndarray, ids: np.ndarray, sub: np.ndarray, params) -> int:
         return NAN
     if (x == np.inf).any():
         return int(np.argmax(x == np.inf)) if temperature <= 0 else POS_INF
+    if temperature <= 0:
+        return int(np.argmax(x))
     m = x.max()
     with np.errstate(under="ignore"):
         e = np.exp(x - m).astype(np.float32)
@@ -683,8 +709,6 @@ def _sample_row(x: np.ndarray, ids: np.ndarray, sub: np.ndarray, params) -> int:
         if not last and (cand.size == 0 or (k_on and top_k > cand.size)):
             continue
         le = e[cand]
-        if temperature <= 0:
-            return int(cand[np.argmax(le)])
         keep = np.ones(cand.size, bool)
         if top_p < 1:
             target = np.float64(np.float32(top_p)) * S
