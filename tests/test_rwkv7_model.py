@@ -35,6 +35,30 @@ def test_widths_are_read_from_the_tensors(factory):
     assert (cfg.n_head, cfg.ln_x_eps, cfg.layer_norm_eps, cfg.rescale_every) == (3, 64e-5, 1e-5, 0)
 
 
+@pytest.mark.parametrize("head_size,n_embd", [(32, 160), (128, 256)])
+def test_head_size_is_read_from_the_checkpoint_and_matches_the_reference(factory, rng, head_size, n_embd):
+    """The released models have 64-wide heads; the reference takes the width from r_k's shape, and
+    so must we (the WKV7 scan, GroupNorm groups, the per-head L2 norm and bonus all follow it)."""
+    from rwkv_relax.testing.reference import ChatRWKVProcess
+    shape = dict(n_layer=2, n_embd=n_embd, vocab_size=611, head_size=head_size, dim_ffn=3 * n_embd + 32,
+                 dim_decay_lora=24, dim_a_lora=40, dim_v_lora=16, dim_gate_lora=56, seed=head_size)
+    ckpt = factory.checkpoint("rwkv7", f"h{head_size}", **shape)
+    model = load_model(factory.library(ckpt), ckpt)
+    assert model.metadata["model_config"]["head_size"] == head_size
+    tokens = [int(t) for t in rng.integers(0, 611, 19)]
+    ref = ChatRWKVProcess(ckpt, v7=True)
+    try:
+        ours, state = model.prefill(tokens)
+        theirs, rstate = ref.forward(tokens)
+        np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+        for token in tokens[:4]:
+            ours, state = model.decode(token, state)
+            theirs, rstate = ref.forward([token], rstate)
+            np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+    finally:
+        ref.close()
+
+
 def test_one_layer_model_needs_no_value_lora(tmp_path, rng):
     t = random_tensors(**{**SMALL, "n_layer": 1})
     for name in ("v0", "v1", "v2"):
