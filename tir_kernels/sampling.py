@@ -232,6 +232,7 @@ def sample_logits(V: int, target: str = "cpu"):
                 fin = T.alloc_buffer((LANES,), f32, scope="global")
                 nan = T.alloc_buffer((LANES,), f32, scope="global")
                 pinf = T.alloc_buffer((LANES,), i32, scope="global")
+                firsts = T.alloc_buffer((LANES,), i32, scope="global")  # greedy: per lane, the first id at mc
                 part = T.alloc_buffer((LANES,), f32, scope="global")
                 for p in range(P):
                     if adj_row[p] == T.Cast(i32, b) and T.Cast(i64, adj_id[p]) >= c * ch and T.Cast(
@@ -263,35 +264,36 @@ def sample_logits(V: int, target: str = "cpu"):
                 greedy: T.let = params[b, 0] <= T.float32(0)
                 if greedy:  # argmax needs no weights: the chunk's first id holding mc, then stop
                     for l in T.vectorized(T.int64(LANES)):
-                        pinf[l] = T.int32(V)
+                        firsts[l] = T.int32(V)
                     for i in range(T.int64(blocks)):
                         at3: T.let = c * ch + i * LANES
                         if at3 + LANES <= V:
                             for l in T.vectorized(T.int64(LANES)):
-                                first(logits, r0, r1, at3, l, mc, pinf)
+                                first(logits, r0, r1, at3, l, mc, firsts)
                         elif at3 < V:
                             for l in range(T.int64(LANES)):
                                 if at3 + l < V:
-                                    first(logits, r0, r1, at3, l, mc, pinf)
-                    hmin(pinf)
-                    cfirst[c] = pinf[0]
+                                    first(logits, r0, r1, at3, l, mc, firsts)
+                    hmin(firsts)
+                    cfirst[c] = firsts[0]
                 for l in T.vectorized(T.int64(LANES)):
                     part[l] = T.float32(0)
-                for g in range(T.int64(groups)):
-                    for l in T.vectorized(T.int64(LANES)):
-                        vec[l] = T.float32(0)
-                    if T.fabs(mc) <= big and not greedy:  # else nothing finite to weigh (or will fail)
-                        for v in range(T.int64(GROUP)):
-                            at2: T.let = c * ch + (g * GROUP + v) * LANES
-                            if at2 + LANES <= V:
-                                for l in T.vectorized(T.int64(LANES)):
-                                    weigh(logits, r0, r1, at2, l, mc, part, vec)
-                            elif at2 < V:
-                                for l in range(T.int64(LANES)):
-                                    if at2 + l < V:
+                if not greedy:  # (argmax reads no weights, group maxima or sums)
+                    for g in range(T.int64(groups)):
+                        for l in T.vectorized(T.int64(LANES)):
+                            vec[l] = T.float32(0)
+                        if T.fabs(mc) <= big:  # else nothing finite to weigh (or will fail)
+                            for v in range(T.int64(GROUP)):
+                                at2: T.let = c * ch + (g * GROUP + v) * LANES
+                                if at2 + LANES <= V:
+                                    for l in T.vectorized(T.int64(LANES)):
                                         weigh(logits, r0, r1, at2, l, mc, part, vec)
-                    for l in T.vectorized(T.int64(LANES)):
-                        gmax[(c * groups + g) * LANES + l] = vec[l]
+                                elif at2 < V:
+                                    for l in range(T.int64(LANES)):
+                                        if at2 + l < V:
+                                            weigh(logits, r0, r1, at2, l, mc, part, vec)
+                        for l in T.vectorized(T.int64(LANES)):
+                            gmax[(c * groups + g) * LANES + l] = vec[l]
                 hsum(part)
                 csum[c] = T.Cast(f64, part[0])
             sf[0] = -inf
