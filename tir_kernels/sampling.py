@@ -153,15 +153,16 @@ def sample_logits(V: int, target: str = "cpu"):
         qacc[l] = qacc[l] + T.Cast(f64, q)
 
     @T.macro
-    def weight_vector(logits, r0, r1, at, sc, lo_bits, temp, qacc, powered):
-        """:func:`weight` on the vector at ``at``: whole, or the vocabulary's last, partial one."""
+    def each_lane(lane, logits, r0, r1, at, *extra):
+        """The lane macro ``lane`` (look, first, weigh, weight) on each lane of the vector at
+        ``at``: vectorised when whole, lane by lane on the vocabulary's last, partial one."""
         if at + LANES <= V:
             for l in T.vectorized(T.int64(LANES)):
-                weight(logits, r0, r1, at, l, sc, lo_bits, temp, qacc, powered)
+                lane(logits, r0, r1, at, l, *extra)
         elif at < V:
             for l in range(T.int64(LANES)):
                 if at + l < V:
-                    weight(logits, r0, r1, at, l, sc, lo_bits, temp, qacc, powered)
+                    lane(logits, r0, r1, at, l, *extra)
 
     @T.macro
     def bisect(lb, le, n_vec, acc, lo, hi, enough):
@@ -245,13 +246,7 @@ def sample_logits(V: int, target: str = "cpu"):
                     pinf[l] = T.int32(V)
                 for i in range(T.int64(blocks)):
                     at: T.let = c * ch + i * LANES
-                    if at + LANES <= V:
-                        for l in T.vectorized(T.int64(LANES)):
-                            look(logits, r0, r1, at, l, vec, fin, nan, pinf)
-                    elif at < V:  # the vocabulary's last, partial vector
-                        for l in range(T.int64(LANES)):
-                            if at + l < V:
-                                look(logits, r0, r1, at, l, vec, fin, nan, pinf)
+                    each_lane(look, logits, r0, r1, at, vec, fin, nan, pinf)
                 hmax(vec)
                 hmax(fin)
                 hmax(nan)
@@ -267,13 +262,7 @@ def sample_logits(V: int, target: str = "cpu"):
                         firsts[l] = T.int32(V)
                     for i in range(T.int64(blocks)):
                         at3: T.let = c * ch + i * LANES
-                        if at3 + LANES <= V:
-                            for l in T.vectorized(T.int64(LANES)):
-                                first(logits, r0, r1, at3, l, mc, firsts)
-                        elif at3 < V:
-                            for l in range(T.int64(LANES)):
-                                if at3 + l < V:
-                                    first(logits, r0, r1, at3, l, mc, firsts)
+                        each_lane(first, logits, r0, r1, at3, mc, firsts)
                     hmin(firsts)
                     cfirst[c] = firsts[0]
                 for l in T.vectorized(T.int64(LANES)):
@@ -285,13 +274,7 @@ def sample_logits(V: int, target: str = "cpu"):
                         if T.fabs(mc) <= big:  # else nothing finite to weigh (or will fail)
                             for v in range(T.int64(GROUP)):
                                 at2: T.let = c * ch + (g * GROUP + v) * LANES
-                                if at2 + LANES <= V:
-                                    for l in T.vectorized(T.int64(LANES)):
-                                        weigh(logits, r0, r1, at2, l, mc, part, vec)
-                                elif at2 < V:
-                                    for l in range(T.int64(LANES)):
-                                        if at2 + l < V:
-                                            weigh(logits, r0, r1, at2, l, mc, part, vec)
+                                each_lane(weigh, logits, r0, r1, at2, mc, part, vec)
                         for l in T.vectorized(T.int64(LANES)):
                             gmax[(c * groups + g) * LANES + l] = vec[l]
                 hsum(part)
@@ -537,9 +520,9 @@ def sample_logits(V: int, target: str = "cpu"):
                         for i in range(T.int64(blocks)):
                             at3: T.let = c * ch + i * LANES
                             if temp == T.float32(1):
-                                weight_vector(logits, r0, r1, at3, sc3, lo[0], temp, qacc, False)
+                                each_lane(weight, logits, r0, r1, at3, sc3, lo[0], temp, qacc, False)
                             else:
-                                weight_vector(logits, r0, r1, at3, sc3, lo[0], temp, qacc, True)
+                                each_lane(weight, logits, r0, r1, at3, sc3, lo[0], temp, qacc, True)
                         hsum(qacc)
                         qsum[c] = qacc[0]
                     sd[2] = T.float64(0)
