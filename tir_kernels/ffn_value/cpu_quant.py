@@ -22,8 +22,8 @@ order, on every path, so that a row's result does not depend on how many tokens 
   of 4 codes.
 
 Decode here is compute-bound. At 4 bits, F x C = 3072 x 768 and fp16 activations it reads its
-listed rows at ~9-11 GB/s on 2 cores with no zeros (150 / 93 / 29 / 6 us at 0 / 50 / 90 / 100%
-zeros). The dense decode GEMV costs about half as much per byte: its int16 form
+listed rows at ~9-11 GB/s on 2 cores with no zeros (115-150 / 67-93 / 26-29 / 4-6 us at 0 / 50 /
+90 / 100% zeros, two runs). The dense decode GEMV costs about half as much per byte: its int16 form
 (``quant_matmul``) pairs two codes of one word in a single ``vpmaddwd``, because along its
 contraction axis a word's codes are summed together. Here a word's codes are eight different
 outputs, and the sum runs over rows. Pairing two listed rows in the int16 halves of a lane takes
